@@ -1,0 +1,248 @@
+// vhostd virtqueue: the split virtqueue as the device side sees it.
+//
+// Owns: the split-ring layout, walking descriptor chains (direct and indirect) into readable
+// and writable segments with every hostile-ring check of the conformance list, used-ring
+// updates through a shadow batch, EVENT_IDX / NO_INTERRUPT suppression, avail_event
+// publication, and the per-ring error state and counters.
+//
+// Threading: a SplitQueue has one owner at a time (the poller while the ring runs, the control
+// lcore while it is stopped). Configuration calls are control path; poll/pop/push_used/
+// flush_used/notify are data path: no allocation, no locks, no exceptions, and no syscall but
+// the eventfd write of a due notification.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "vhostd/memory/guest_memory.hpp"
+
+namespace vhostd {
+
+// ---- split-ring layout (virtio 1.2 §2.7) ----
+inline constexpr std::uint16_t kVringDescFNext = 1;
+inline constexpr std::uint16_t kVringDescFWrite = 2;
+inline constexpr std::uint16_t kVringDescFIndirect = 4;
+inline constexpr std::uint16_t kVringUsedFNoNotify = 1;
+inline constexpr std::uint16_t kVringAvailFNoInterrupt = 1;
+inline constexpr std::uint32_t kVringFLog = 1;  // SET_VRING_ADDR flags: log used-ring writes
+
+inline constexpr std::uint32_t kMaxQueueSize = 32768;
+// A chain with more segments than this is treated as hostile (QEMU caps at 1024 descriptors;
+// Linux guests use at most MAX_SKB_FRAGS + 2 for net and seg_max for blk).
+inline constexpr std::uint32_t kMaxChainSegments = 256;
+
+struct VringDesc {
+  std::uint64_t addr;
+  std::uint32_t len;
+  std::uint16_t flags;
+  std::uint16_t next;
+};
+static_assert(sizeof(VringDesc) == 16);
+
+struct VringUsedElem {
+  std::uint32_t id;
+  std::uint32_t len;
+};
+
+// Byte sizes of the three areas for a queue of `size` entries (event idx fields included).
+constexpr std::uint64_t desc_table_bytes(std::uint32_t size) { return 16ull * size; }
+constexpr std::uint64_t avail_ring_bytes(std::uint32_t size) { return 6ull + 2ull * size; }
+constexpr std::uint64_t used_ring_bytes(std::uint32_t size) { return 6ull + 8ull * size; }
+
+// EVENT_IDX test from the spec: notify if new_idx passed event_idx since old_idx.
+constexpr bool vring_need_event(std::uint16_t event_idx, std::uint16_t new_idx, std::uint16_t old_idx) {
+  return static_cast<std::uint16_t>(new_idx - event_idx - 1) < static_cast<std::uint16_t>(new_idx - old_idx);
+}
+
+// SET_VRING_ADDR payload (frontend virtual addresses; log_guest_addr is guest-physical).
+struct VringAddresses {
+  std::uint32_t flags = 0;
+  std::uint64_t desc_user_addr = 0;
+  std::uint64_t used_user_addr = 0;
+  std::uint64_t avail_user_addr = 0;
+  std::uint64_t log_guest_addr = 0;
+};
+
+// Why a ring was put in error. The ring stops being processed until reconfigured.
+enum class RingError : std::uint8_t {
+  none = 0,
+  ring_address,             // desc/avail/used area not inside one mapped region
+  avail_idx_jump,           // avail idx moved by more than the queue size
+  head_out_of_range,        // avail ring entry >= queue size
+  next_out_of_range,        // desc.next >= table size
+  chain_loop,               // more hops than the table has descriptors
+  chain_too_long,           // more than kMaxChainSegments segments
+  indirect_bad_length,      // indirect table length 0 or not a multiple of 16
+  indirect_nested,          // INDIRECT flag inside an indirect table
+  indirect_with_next,       // INDIRECT together with NEXT in the same descriptor
+  readable_after_writable,  // device-readable descriptor after a writable one
+  descriptor_address,       // buffer outside guest memory or addr+len overflow
+  used_id_out_of_range,     // the device pushed an id it was never given
+  count
+};
+inline constexpr std::size_t kNumRingErrors = static_cast<std::size_t>(RingError::count);
+const char* to_string(RingError error) noexcept;
+
+// Per-ring counters: written by the owner only (relaxed), readable from any thread.
+struct RingStats {
+  std::atomic<std::uint64_t> requests{0};       // chains popped
+  std::atomic<std::uint64_t> batches{0};        // polls that found work
+  std::atomic<std::uint64_t> empty_polls{0};    // polls that found none
+  std::atomic<std::uint64_t> busy_cycles{0};    // TSC cycles spent on polls that found work
+  std::atomic<std::uint64_t> notifications{0};  // calls signalled to the guest
+  std::array<std::atomic<std::uint64_t>, kNumRingErrors> errors{};  // by RingError
+
+  void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+};
+
+// One guest buffer piece, already translated.
+struct ChainSegment {
+  std::uint8_t* host;
+  std::uint64_t gpa;
+  std::uint32_t len;
+};
+
+// A popped descriptor chain: readable segments first, then writable ones.
+// Zero-length descriptors are accepted and contribute no segment.
+struct DescriptorChain {
+  std::uint16_t head = 0;
+  std::uint16_t num_readable = 0;
+  std::uint16_t num_writable = 0;
+  std::uint32_t readable_bytes = 0;
+  std::uint32_t writable_bytes = 0;
+  std::array<ChainSegment, kMaxChainSegments> segments;
+
+  std::span<const ChainSegment> readable() const noexcept { return {segments.data(), num_readable}; }
+  std::span<const ChainSegment> writable() const noexcept {
+    return {segments.data() + num_readable, num_writable};
+  }
+};
+
+// Sequential reads over a chain's readable segments.
+class ChainReader {
+ public:
+  explicit ChainReader(const DescriptorChain& chain) noexcept;
+  // Copies up to n bytes; returns how many were copied (less only at the end of the data).
+  std::size_t read(void* dst, std::size_t n) noexcept;
+  std::size_t skip(std::size_t n) noexcept;
+  std::size_t remaining() const noexcept { return remaining_; }
+
+ private:
+  const DescriptorChain& chain_;
+  std::uint32_t seg_ = 0;
+  std::uint32_t offset_ = 0;
+  std::size_t remaining_;
+};
+
+// Sequential writes into a chain's writable segments; every byte written is marked in the
+// dirty log when logging is on (it cannot be forgotten).
+class ChainWriter {
+ public:
+  ChainWriter(const DescriptorChain& chain, const MemoryTable& table) noexcept;
+  // Copies up to n bytes; returns how many fit.
+  std::size_t write(const void* src, std::size_t n) noexcept;
+  std::size_t written() const noexcept { return written_; }
+  std::size_t remaining() const noexcept { return remaining_; }
+
+ private:
+  const DescriptorChain& chain_;
+  const MemoryTable& table_;
+  std::uint32_t seg_ = 0;
+  std::uint32_t offset_ = 0;
+  std::size_t written_ = 0;
+  std::size_t remaining_;
+};
+
+class SplitQueue {
+ public:
+  SplitQueue() = default;
+  SplitQueue(const SplitQueue&) = delete;
+  SplitQueue& operator=(const SplitQueue&) = delete;
+
+  // ---- control path (ring stopped) ----
+  // size: power of two in [1, kMaxQueueSize] (the protocol layer rejects others first).
+  void set_size(std::uint32_t size);
+  void set_addresses(const VringAddresses& addresses) noexcept;
+  void set_memory(const GuestMemory* memory) noexcept { memory_ = memory; table_ = nullptr; }
+  void set_event_idx(bool enabled) noexcept { event_idx_ = enabled; }
+  // SET_VRING_BASE: next avail index to read; the used index restarts from the same value.
+  void set_last_avail_idx(std::uint16_t idx) noexcept;
+  std::uint16_t last_avail_idx() const noexcept { return last_avail_idx_; }
+  std::uint16_t used_idx() const noexcept { return used_idx_; }
+  // The call eventfd to signal (not owned); -1 = never notify.
+  void set_call_fd(int fd) noexcept { call_fd_ = fd; }
+  // Throws Error naming the area if the ring areas are not each inside one mapped region.
+  void check_addresses(const MemoryTable& table) const;
+  // Back to the unconfigured state (error cleared, counters kept).
+  void reset() noexcept;
+
+  std::uint32_t size() const noexcept { return size_; }
+  bool event_idx() const noexcept { return event_idx_; }
+  const VringAddresses& addresses() const noexcept { return addresses_; }
+  bool in_error() const noexcept { return error_ != RingError::none; }
+  RingError error() const noexcept { return error_; }
+  RingStats& stats() noexcept { return stats_; }
+  const RingStats& stats() const noexcept { return stats_; }
+
+  // ---- data path (owner only) ----
+  // Starts a batch: picks up the current memory table (re-translating the ring areas if it
+  // changed) and returns how many chains are available; 0 when empty or in error.
+  std::uint16_t poll() noexcept;
+  // Pops the next available chain into `chain`. False when none is available or the chain is
+  // hostile (then in_error() is true, the counter is bumped, nothing was consumed).
+  bool pop(DescriptorChain& chain) noexcept;
+  // Stages a used element; visible to the guest after flush_used().
+  void push_used(std::uint16_t head, std::uint32_t len) noexcept;
+  // Publishes staged used elements and the used index (and logs them when LOG is set).
+  void flush_used() noexcept;
+  // After flush_used(): signals the call fd if the guest asked for it (EVENT_IDX used_event or
+  // NO_INTERRUPT); returns whether it did.
+  bool notify() noexcept;
+  // Guest kick suppression while a poller spins on this ring, and re-enabling before a sleep.
+  // enable_notifications() returns true if work arrived meanwhile (re-check before sleeping).
+  void disable_notifications() noexcept;
+  bool enable_notifications() noexcept;
+
+  // The memory table the current batch uses (valid after poll()).
+  const MemoryTable* table() const noexcept { return table_; }
+
+ private:
+  bool refresh_table() noexcept;
+  bool fail(RingError error) noexcept;
+  void log_used(std::uint64_t offset, std::uint64_t len) noexcept;
+
+  // configuration
+  std::uint32_t size_ = 0;
+  VringAddresses addresses_{};
+  bool event_idx_ = false;
+  int call_fd_ = -1;
+  const GuestMemory* memory_ = nullptr;
+
+  // translated ring areas for table_
+  const MemoryTable* table_ = nullptr;
+  VringDesc* desc_ = nullptr;
+  std::uint16_t* avail_ = nullptr;  // flags, idx, ring[size], used_event
+  std::uint8_t* used_ = nullptr;    // flags, idx, ring[size], avail_event
+  std::uint32_t desc_hint_ = 0;
+
+  // indexes
+  std::uint16_t last_avail_idx_ = 0;
+  std::uint16_t avail_idx_cache_ = 0;
+  std::uint16_t used_idx_ = 0;          // published used idx
+  std::uint16_t signalled_used_ = 0;    // used idx at the last notify (EVENT_IDX)
+  bool signalled_used_valid_ = false;
+  bool notifications_enabled_ = true;
+
+  std::vector<VringUsedElem> shadow_used_;  // sized at set_size(); staged elements
+  std::uint32_t shadow_count_ = 0;
+
+  RingError error_ = RingError::none;
+  RingStats stats_;
+};
+
+}  // namespace vhostd
