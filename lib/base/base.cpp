@@ -79,6 +79,10 @@ void QsbrDomain::synchronize() noexcept {
   // reader that observes the new epoch also observes the new snapshot.
   std::uint64_t target = epoch_.fetch_add(
       1, std::memory_order_seq_cst) + 1;
+  // Pairs with the fence in QsbrReader::online(): either the scan below sees the reader's
+  // online store, or the reader's next snapshot load sees the caller's publication (the RMW
+  // alone does not order the later acquire loads of seen_epoch in the C++ model).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   std::lock_guard lock(mutex_);
   for (const auto& reader : readers_) {
     for (unsigned spins = 0;; ++spins) {

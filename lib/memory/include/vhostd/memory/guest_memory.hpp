@@ -106,6 +106,9 @@ class MemoryTable {
   const std::vector<std::shared_ptr<const MappedRegion>>& regions() const noexcept { return regions_; }
   const std::shared_ptr<DirtyLog>& log() const noexcept { return log_; }
   bool log_all() const noexcept { return log_all_; }
+  // Unique per table for the life of the process: a cached table is still current only if
+  // the generation matches (a pointer compare could be fooled by address reuse).
+  std::uint64_t generation() const noexcept { return generation_; }
 
   // Host pointer for [gpa, gpa+len) when the whole range lies in one region, else nullptr
   // (also for len == 0 outside memory and for gpa+len overflow). `hint` is the caller's
@@ -139,9 +142,15 @@ class MemoryTable {
   // Index of the region containing gpa, or -1.
   int find_gpa(std::uint64_t gpa, std::uint32_t& hint) const noexcept;
 
+  static std::uint64_t next_generation() noexcept;
+  // Index of the region containing uva (via by_uva_), or -1.
+  int find_uva(std::uint64_t uva) const noexcept;
+
   std::vector<std::shared_ptr<const MappedRegion>> regions_;  // sorted by guest_phys_addr
+  std::vector<std::uint32_t> by_uva_;  // indices into regions_, sorted by userspace_addr
   std::shared_ptr<DirtyLog> log_;
   bool log_all_ = false;
+  std::uint64_t generation_ = next_generation();
 };
 
 // The memory of one frontend connection: the current table and its replacement protocol.

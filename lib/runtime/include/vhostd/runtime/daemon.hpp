@@ -1,0 +1,108 @@
+// vhostd runtime: the daemon object, one vhost-user device served on one socket.
+//
+// A Daemon (rust-vmm's `VhostUserDaemon`) is built from a name, a backend and the Runtime
+// whose lcores run it. start_server() listens on a socket path (one frontend at a time);
+// start_client() connects to a frontend's socket, retrying with back-off, and reconnects after
+// a disconnect. wait() blocks until stop() or a write to exit_event(). All socket work runs
+// on the runtime's control lcore; the daemon's rings run on its pollers.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vhostd/vhost/backend.hpp"
+#include "vhostd/vhost/codec.hpp"
+#include "vhostd/vhost/endpoint.hpp"
+#include "vhostd/vhost/session.hpp"
+#include "vhostd/runtime/runtime.hpp"
+
+namespace vhostd {
+
+// One ring as seen from outside, readable while the daemon runs.
+struct RingReport {
+  std::uint16_t index = 0;
+  bool started = false;
+  bool enabled = false;
+  bool polled = false;
+  int lcore = -1;  // data lcore serving it, -1 when not polled
+  RingError error = RingError::none;
+  std::uint64_t requests = 0;
+  std::uint64_t batches = 0;
+  std::uint64_t empty_polls = 0;
+  std::uint64_t busy_cycles = 0;
+  std::uint64_t notifications = 0;
+  std::uint64_t errors = 0;
+};
+
+class Daemon : private RingHost {
+ public:
+  Daemon(std::string name, std::shared_ptr<Backend> backend, Runtime& runtime);
+  ~Daemon() override;
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Listens on `path` (stale sockets replaced, a live one refused: throws Error).
+  void start_server(const std::string& path, ListenOptions options = {});
+  // Connects to a frontend listening on `path`, retrying with back-off until it is there.
+  void start_client(const std::string& path);
+  // Blocks until the daemon is stopped.
+  void wait();
+  // Stops serving: the connection is torn down and the socket closed. Any thread.
+  void stop();
+  // Writing 1 to this eventfd stops the daemon (rust-vmm's exit event).
+  int exit_event() const noexcept { return exit_event_.get(); }
+
+  const std::string& name() const noexcept { return name_; }
+  Backend& backend() noexcept { return *backend_; }
+  Runtime& runtime() noexcept { return runtime_; }
+  bool connected() const noexcept { return connected_.load(std::memory_order_acquire); }
+  // Connections accepted (server) or established (client) so far.
+  std::uint64_t connections() const noexcept { return connections_.load(std::memory_order_acquire); }
+  std::vector<RingReport> ring_reports();
+  // Runs fn(Session*) on the control lcore (nullptr when no frontend is connected).
+  void with_session(const std::function<void(Session*)>& fn);
+
+ private:
+  void watch_kick(std::uint16_t index, int fd) override;
+  void unwatch_kick(std::uint16_t index, int fd) override;
+  void start_polling(std::uint16_t index, Vring& ring) override;
+  void stop_polling(std::uint16_t index, Vring& ring) override;
+
+  std::size_t poller_for(std::uint16_t index) const;
+  void on_listener_ready();
+  void on_connection_ready();
+  void attach(UniqueFd connection);
+  void disconnect(const std::string& reason);
+  void try_connect();
+  void shutdown();
+
+  std::string name_;
+  std::shared_ptr<Backend> backend_;
+  Runtime& runtime_;
+  UniqueFd exit_event_;
+
+  // control lcore only
+  std::optional<UnixListener> listener_;
+  std::string client_path_;
+  std::chrono::milliseconds reconnect_delay_{10};
+  std::uint64_t reconnect_timer_ = 0;
+  UniqueFd connection_;
+  MessageReader reader_;
+  std::unique_ptr<Session> session_;
+  std::vector<int> ring_poller_;  // poller index per ring, -1 when not polled
+  bool shut_down_ = false;
+
+  std::atomic<bool> connected_{false};
+  std::atomic<std::uint64_t> connections_{0};
+  std::mutex stopped_mutex_;
+  std::condition_variable stopped_cv_;
+  bool stopped_ = false;  // guarded by stopped_mutex_
+};
+
+}  // namespace vhostd

@@ -1,0 +1,71 @@
+// vhostd runtime: a data lcore's poller.
+//
+// A Poller is one pinned thread busy-polling the avail index of every ring handed to it and
+// calling the ring's backend when there is work. Its loop has no syscall, lock or allocation:
+// the set of rings is an immutable PollList published by the control lcore through an atomic
+// pointer; removals wait (QSBR) until the poller has passed its quiescent point, so a ring
+// handed back to the control lcore is never touched again by this thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <vector>
+
+#include "vhostd/base/quiescence.hpp"
+#include "vhostd/vhost/backend.hpp"
+#include "vhostd/virtqueue/vring.hpp"
+
+namespace vhostd {
+
+class LcoreThread;
+
+struct PolledRing {
+  Backend* backend;
+  std::uint16_t index;
+  Vring* vring;
+};
+
+struct PollerStats {
+  std::atomic<std::uint64_t> loops{0};        // iterations over the poll list
+  std::atomic<std::uint64_t> busy_loops{0};   // iterations that found work on some ring
+  std::atomic<std::uint64_t> busy_cycles{0};  // TSC cycles spent in backends
+};
+
+class Poller {
+ public:
+  // Starts the thread on `cpus` (throws Error if it cannot be pinned).
+  Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain);
+  ~Poller();
+  Poller(const Poller&) = delete;
+  Poller& operator=(const Poller&) = delete;
+
+  // Control lcore only. add() returns at once (the poller picks the ring up at its next loop);
+  // remove() returns once the poller can no longer touch the ring.
+  void add(const PolledRing& ring);
+  void remove(const Vring* ring);
+
+  unsigned lcore_id() const noexcept { return lcore_id_; }
+  const std::vector<unsigned>& cpus() const noexcept { return cpus_; }
+  std::size_t num_rings() const noexcept;
+  const PollerStats& stats() const noexcept { return stats_; }
+
+ private:
+  struct PollList {
+    std::vector<PolledRing> rings;
+  };
+  void run(std::stop_token stop);
+  void publish(std::shared_ptr<const PollList> list);
+
+  unsigned lcore_id_;
+  std::vector<unsigned> cpus_;
+  QsbrDomain& domain_;
+  QsbrReader* reader_;
+  std::shared_ptr<const PollList> owned_;  // control lcore's reference to the current list
+  std::atomic<const PollList*> current_;
+  PollerStats stats_;
+  std::unique_ptr<LcoreThread> thread_;
+};
+
+}  // namespace vhostd

@@ -1,0 +1,91 @@
+// vhostd runtime: a data lcore's poller (see poller.hpp).
+#include "vhostd/runtime/poller.hpp"
+
+#include <algorithm>
+
+#include "vhostd/base/compiler.hpp"
+#include "vhostd/runtime/lcore_thread.hpp"
+
+namespace vhostd {
+
+namespace {
+
+void count(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+  // Single writer: a relaxed load+store is enough and avoids a locked instruction.
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// Polls one ring; true if the backend had work.
+inline bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
+  SplitQueue& queue = ring.queue();
+  if (queue.poll() == 0) return false;
+  const std::uint64_t start = read_cycles();
+  polled.backend->handle_queue(polled.index, ring);
+  count(queue.stats().busy_cycles, read_cycles() - start);
+  return true;
+}
+
+}  // namespace
+
+Poller::Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain)
+    : lcore_id_(lcore_id),
+      cpus_(std::move(cpus)),
+      domain_(domain),
+      reader_(domain.register_reader()),
+      owned_(std::make_shared<PollList>()),
+      current_(owned_.get()) {
+  thread_ = std::make_unique<LcoreThread>(lcore_id_, cpus_, [this](std::stop_token stop) { run(stop); },
+                                          "lcore-" + std::to_string(lcore_id_));
+}
+
+Poller::~Poller() {
+  thread_.reset();  // requests stop and joins
+  domain_.unregister_reader(reader_);
+}
+
+std::size_t Poller::num_rings() const noexcept { return owned_->rings.size(); }
+
+void Poller::add(const PolledRing& ring) {
+  auto list = std::make_shared<PollList>(*owned_);
+  list->rings.push_back(ring);
+  publish(std::move(list));
+}
+
+void Poller::remove(const Vring* ring) {
+  auto list = std::make_shared<PollList>(*owned_);
+  std::erase_if(list->rings, [ring](const PolledRing& r) { return r.vring == ring; });
+  publish(std::move(list));
+}
+
+void Poller::publish(std::shared_ptr<const PollList> list) {
+  // Release: the list's contents (and the rings' configuration done by the control lcore)
+  // are visible to the poller that acquires the pointer.
+  current_.store(list.get(), std::memory_order_release);
+  std::shared_ptr<const PollList> old = std::exchange(owned_, std::move(list));
+  // Once every reader passed a quiescent point, none still iterates the old list or a ring
+  // only it held.
+  domain_.synchronize();
+}
+
+void Poller::run(std::stop_token stop) {
+  reader_->online(domain_);
+  while (!stop.stop_requested()) {
+    // Acquire: pairs with publish(); the rings in the list are fully configured.
+    const PollList* list = current_.load(std::memory_order_acquire);
+    bool busy = false;
+    for (const PolledRing& polled : list->rings) {
+      if (VHOSTD_LIKELY(polled.vring->locking() == VringLocking::none)) {
+        busy |= poll_ring(polled, polled.vring->unlocked());
+      } else {
+        busy |= polled.vring->with_mut([&](VringState& ring) { return poll_ring(polled, ring); });
+      }
+    }
+    // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
+    reader_->quiescent(domain_);
+    count(stats_.loops, 1);
+    if (busy) count(stats_.busy_loops, 1); else cpu_relax();
+  }
+  reader_->offline();
+}
+
+}  // namespace vhostd

@@ -1,0 +1,92 @@
+// vhostd integration tests: one echo daemon on a real socket per test, driven by TestFrontend.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "frontend.hpp"
+#include "vhostd/base/fd.hpp"
+#include "vhostd/echo/echo_backend.hpp"
+#include "vhostd/runtime/daemon.hpp"
+#include "vhostd/runtime/runtime.hpp"
+
+namespace vhostd::test {
+
+// Lines in /proc/self/maps: stable across connect cycles when no mapping leaks.
+inline std::size_t count_mappings() {
+  std::ifstream maps("/proc/self/maps");
+  std::size_t lines = 0;
+  std::string line;
+  while (std::getline(maps, line)) ++lines;
+  return lines;
+}
+
+inline bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/vhostd-it-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/echo.sock";
+    runtime_ = std::make_unique<Runtime>(Runtime::default_cores());
+    backend_ = std::make_shared<EchoBackend>();
+    daemon_ = std::make_unique<Daemon>("echo", backend_, *runtime_);
+    if (start_server_) daemon_->start_server(path_);
+  }
+
+  void TearDown() override {
+    if (daemon_) {
+      daemon_->stop();
+      daemon_->wait();
+      daemon_.reset();
+    }
+    runtime_.reset();
+    ::unlink(path_.c_str());
+    ::unlink((dir_ + "/frontend.sock").c_str());
+    ::rmdir(dir_.c_str());
+  }
+
+  // Connects a frontend and waits until the daemon has accepted it.
+  TestFrontend connect() {
+    const std::uint64_t before = daemon_->connections();
+    TestFrontend frontend = TestFrontend::connect(path_);
+    EXPECT_TRUE(wait_until([&] { return daemon_->connections() > before && daemon_->connected(); }))
+        << "the daemon did not accept the connection";
+    return frontend;
+  }
+
+  // The ring report of ring `index` (fails the test when no session is attached).
+  RingReport report(std::size_t index) {
+    auto reports = daemon_->ring_reports();
+    if (index >= reports.size()) {
+      ADD_FAILURE() << "no ring report for ring " << index << " (" << reports.size() << " reports)";
+      return {};
+    }
+    return reports[index];
+  }
+
+  bool wait_disconnected(std::chrono::milliseconds timeout = 10s) {
+    return wait_until([&] { return !daemon_->connected(); }, timeout);
+  }
+
+  bool start_server_ = true;
+  std::string dir_;
+  std::string path_;
+  std::unique_ptr<Runtime> runtime_;
+  std::shared_ptr<EchoBackend> backend_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+}  // namespace vhostd::test
