@@ -14,6 +14,15 @@ run_suites() {
   meson test -C "$dir" --print-errorlogs --suite unit --suite integration
 }
 
-run_suites build-test
+run_suites build-test --prefix="$PWD/build-test/prefix"
 run_suites build-asan -Db_sanitize=address,undefined -Db_lundef=false
-echo "all suites passed (plain and ASan+UBSan)"
+
+# The framework as an outside project sees it: installed headers, library and vhostd.pc.
+meson install -C build-test --quiet
+libdir=$(meson introspect build-test --buildoptions | python3 -c \
+  'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="libdir"))')
+export PKG_CONFIG_PATH="$PWD/build-test/prefix/$libdir/pkgconfig"
+meson setup build-external tests/external --wipe >/dev/null 2>&1 || meson setup build-external tests/external
+ninja -C build-external
+LD_LIBRARY_PATH="$PWD/build-test/prefix/$libdir" build-external/null-device
+echo "all suites passed (plain and ASan+UBSan); an outside project builds against the installed vhostd"

@@ -328,7 +328,7 @@ void GuestMemory::set_log_all(bool log_all) {
 void GuestMemory::clear() { publish(std::make_shared<const MemoryTable>()); }
 
 void GuestMemory::publish(std::shared_ptr<const MemoryTable> table) {
-  owned_ = std::move(table);
+  std::shared_ptr<const MemoryTable> old = std::exchange(owned_, std::move(table));
   // Release: the new table's contents (and its regions' mappings) are visible to a poller
   // that acquires the pointer in current().
   current_.store(owned_.get(), std::memory_order_release);

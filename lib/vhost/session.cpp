@@ -268,6 +268,8 @@ void Session::set_mem_table(Message& message) {
   // ack that follows is honest.
   memory_.set_regions(regions, std::move(message.fds));
   backend_.update_memory(memory_);
+  // A ring kicked before its memory was mapped can start now.
+  for (std::uint16_t i = 0; i < rings_.size(); ++i) update_polling(i);
 }
 
 void Session::set_log_base(Message& message) {
@@ -310,6 +312,7 @@ void Session::set_vring_addr(const Message& message) {
   with_ring_paused(static_cast<std::uint16_t>(addr.index),
                    [&](VringState& ring) { ring.queue().set_addresses(addresses); });
   slot.addresses_set = true;
+  update_polling(static_cast<std::uint16_t>(addr.index));  // it may have been kicked already
 }
 
 void Session::set_vring_base(const Message& message) {
@@ -429,11 +432,12 @@ void Session::set_config(const Message& message) {
 
 void Session::update_polling(std::uint16_t index) {
   RingSlot& slot = rings_[index];
-  const bool in_error = slot.vring->with_ref([](const VringState& ring) { return ring.queue().in_error(); });
-  const bool want = slot.started && slot.enabled && !in_error && slot.size != 0 && slot.addresses_set;
+  const bool want = slot.started && slot.enabled && slot.size != 0 && slot.addresses_set;
   if (want == slot.polled) return;
   if (want) {
-    start_ring(index);
+    // Read only while no poller owns the ring: a ring in error stays off until it is reset.
+    const bool in_error = slot.vring->with_ref([](const VringState& ring) { return ring.queue().in_error(); });
+    if (!in_error) start_ring(index);
   } else {
     host_.stop_polling(index, *slot.vring);
     slot.polled = false;
