@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
           }
           std::uint64_t total = 0;
           for (const RingReport& r : daemon.ring_reports()) total += r.requests;
+          if (total < last) last = 0;  // a new connection's rings count from zero
           std::printf("vhostd-echo: %.3f Mreq/s (%llu requests)\n",
                       static_cast<double>(total - last) / 1e6 / static_cast<double>(stats_period),
                       static_cast<unsigned long long>(total));

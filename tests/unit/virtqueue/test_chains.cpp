@@ -1,7 +1,9 @@
 // Well-formed rings: chains in and out, the used ring, resuming, memory table swaps, dirty log.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 #include "ring_harness.hpp"
 
@@ -261,6 +263,59 @@ TEST(SplitQueueMemory, TableSwapIsPickedUpOnTheNextPoll) {
   h.memory.set_regions(only_second, h.guest->region_fds(1));
   EXPECT_EQ(h.queue.poll(), 0);
   EXPECT_EQ(h.queue.error(), RingError::ring_address);
+}
+
+TEST(SplitQueueConcurrency, DeviceAndDriverOnTwoThreads) {
+  constexpr std::uint32_t kSize = 64;
+  constexpr std::uint64_t kRequests = 20000;
+  RingHarness h(kSize);
+  // One (request, response) pair of 8-byte buffers per possible in-flight chain.
+  std::vector<std::uint64_t> slots;
+  for (std::uint32_t i = 0; i < kSize / 2; ++i) slots.push_back(h.buffer(16));
+
+  std::atomic<bool> stop{false};
+  std::thread device([&] {
+    std::uint64_t done = 0;
+    DescriptorChain chain;
+    while (done < kRequests && !h.queue.in_error() && !stop.load(std::memory_order_relaxed)) {
+      if (h.queue.poll() == 0) continue;
+      while (h.queue.pop(chain)) {
+        std::uint64_t seq = 0;
+        ChainReader(chain).read(&seq, sizeof seq);
+        ChainWriter(chain, *h.queue.table()).write(&seq, sizeof seq);
+        h.queue.push_used(chain.head, sizeof seq);
+        ++done;
+      }
+      h.queue.flush_used();
+    }
+  });
+
+  std::vector<std::uint64_t> slot_of_head(kSize), seq_of_head(kSize);
+  std::vector<std::uint64_t> free_slots = slots;
+  std::uint64_t sent = 0, received = 0;
+  bool ok = true;
+  while (received < kRequests && ok) {
+    while (sent < kRequests && !free_slots.empty()) {
+      const std::uint64_t slot = free_slots.back();
+      free_slots.pop_back();
+      h.guest->write(slot, &sent, sizeof sent);
+      const std::uint16_t head = h.ring->add_chain({{slot, 8, false}, {slot + 8, 8, true}});
+      slot_of_head[head] = slot;
+      seq_of_head[head] = sent++;
+    }
+    while (auto elem = h.ring->pop_used()) {
+      std::uint64_t echoed = 0;
+      h.guest->read(slot_of_head[elem->id] + 8, &echoed, sizeof echoed);
+      ok = elem->len == 8 && echoed == seq_of_head[elem->id];
+      free_slots.push_back(slot_of_head[elem->id]);
+      ++received;
+    }
+  }
+  stop = true;
+  device.join();
+  EXPECT_TRUE(ok) << "wrong response after " << received << " requests";
+  EXPECT_FALSE(h.queue.in_error()) << to_string(h.queue.error());
+  EXPECT_EQ(received, kRequests);
 }
 
 // ---- dirty log ----
