@@ -216,11 +216,9 @@ bool SplitQueue::fail(RingError error) noexcept {
 
 bool SplitQueue::refresh_table() noexcept {
   const MemoryTable* table = memory_->current();
-  // Note: a pointer compare; a table freed and another allocated at the same address while
-  // this ring was not polled would go unnoticed (MemoryTable carries no generation).
-  if (VHOSTD_LIKELY(table == table_ && table != nullptr)) return true;
+  // Compare generations, not pointers: a new table may be allocated at a freed one's address.
+  if (VHOSTD_LIKELY(table_ != nullptr && table->generation() == table_generation_)) return true;
   table_ = nullptr;
-  if (table == nullptr) return fail(RingError::ring_address);
   std::uint8_t* desc = table->translate_uva(addresses_.desc_user_addr, desc_table_bytes(size_));
   std::uint8_t* avail = table->translate_uva(addresses_.avail_user_addr, avail_ring_bytes(size_));
   std::uint8_t* used = table->translate_uva(addresses_.used_user_addr, used_ring_bytes(size_));
@@ -229,10 +227,16 @@ bool SplitQueue::refresh_table() noexcept {
     return fail(RingError::ring_address);
   }
   table_ = table;
+  table_generation_ = table->generation();
   desc_ = reinterpret_cast<VringDesc*>(desc);
   avail_ = reinterpret_cast<std::uint16_t*>(avail);
   used_ = used;
   desc_hint_ = 0;
+  if (!notifications_enabled_ && !event_idx_) {
+    // disable_notifications() ran before the ring areas were translated: apply it now.
+    notifications_enabled_ = true;
+    disable_notifications();
+  }
   return true;
 }
 

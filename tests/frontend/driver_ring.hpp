@@ -99,8 +99,8 @@ class TestGuestMemory {
   std::vector<MemoryRegionInfo> split_regions(std::size_t n) const {
     if (regions_.size() != 1) throw_error("split_regions: layout has ", regions_.size(), " regions");
     const MemoryRegionInfo& whole = regions_[0];
-    const std::uint64_t piece = (whole.memory_size / n) & ~(kTestPageSize - 1);
-    if (n == 0 || piece == 0) throw_error("split_regions: cannot split ", whole.memory_size, " bytes in ", n);
+    const std::uint64_t piece = n == 0 ? 0 : (whole.memory_size / n) & ~(kTestPageSize - 1);
+    if (piece == 0) throw_error("split_regions: cannot split ", whole.memory_size, " bytes in ", n);
     std::vector<MemoryRegionInfo> out;
     for (std::size_t i = 0; i < n; ++i) {
       const std::uint64_t off = i * piece;

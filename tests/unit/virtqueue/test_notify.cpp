@@ -156,5 +156,28 @@ TEST(SplitQueueKicks, NoNotifyFlagWithoutEventIdx) {
   EXPECT_TRUE(h.ring->kick_needed(old, false));
 }
 
+// The control lcore disables kicks when it hands a ring to a poller, before the ring areas
+// are translated (that happens at the first poll): the flag must still reach the guest.
+TEST(SplitQueueKicks, NoNotifyRequestedBeforeTheFirstPollIsApplied) {
+  RingHarness h(16);
+  h.queue.disable_notifications();
+  EXPECT_EQ(h.ring->used_flags() & kVringUsedFNoNotify, 0) << "not translated yet";
+  ASSERT_EQ(h.queue.poll(), 0);
+  EXPECT_EQ(h.ring->used_flags() & kVringUsedFNoNotify, kVringUsedFNoNotify);
+}
+
+// A replaced memory table is noticed by generation, and the ring keeps working on it.
+TEST(SplitQueueMemory, TableReplacedTwiceWhileIdleIsRetranslated) {
+  RingHarness h(16);
+  ASSERT_EQ(h.queue.poll(), 0);
+  for (int i = 0; i < 2; ++i) h.guest->install(h.memory);  // two swaps, no poll between
+  const std::uint64_t buf = h.buffer(16);
+  h.ring->add_chain({{buf, 16, true}});
+  DescriptorChain chain;
+  ASSERT_TRUE(h.pop_one(chain));
+  EXPECT_EQ(chain.writable_bytes, 16u);
+  EXPECT_EQ(h.queue.table(), h.memory.current());
+}
+
 }  // namespace
 }  // namespace vhostd::test

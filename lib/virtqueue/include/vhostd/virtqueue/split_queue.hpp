@@ -225,6 +225,7 @@ class SplitQueue {
 
   // translated ring areas for table_
   const MemoryTable* table_ = nullptr;
+  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
   VringDesc* desc_ = nullptr;
   std::uint16_t* avail_ = nullptr;  // flags, idx, ring[size], used_event
   std::uint8_t* used_ = nullptr;    // flags, idx, ring[size], avail_event
