@@ -8,6 +8,8 @@ packages=(
   libhwloc-dev libnuma-dev            # topology, pinning, NUMA-local allocation
   libgtest-dev libgmock-dev           # unit and integration tests
   libbenchmark-dev                    # perf/ microbenchmarks
+  dpdk dpdk-dev                       # dpdk-testpmd: the virtio-user frontend of the interop
+                                      # tests and perf suite, and the net_vhost baseline
 )
 
 missing=()

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <string_view>
 #include <cstring>
 #include <thread>
 
@@ -49,7 +51,18 @@ int count_open_fds() {
 }
 
 namespace {
-std::atomic<LogLevel> g_log_level{LogLevel::info};
+// The initial level comes from VHOSTD_LOG (debug, info, warning, error, none); info otherwise.
+LogLevel initial_log_level() noexcept {
+  const char* env = std::getenv("VHOSTD_LOG");
+  if (env == nullptr) return LogLevel::info;
+  const std::string_view name(env);
+  if (name == "debug") return LogLevel::debug;
+  if (name == "warning") return LogLevel::warning;
+  if (name == "error") return LogLevel::error;
+  if (name == "none") return LogLevel::none;
+  return LogLevel::info;
+}
+std::atomic<LogLevel> g_log_level{initial_log_level()};
 }
 
 void set_log_level(LogLevel level) noexcept { g_log_level.store(level, std::memory_order_relaxed); }

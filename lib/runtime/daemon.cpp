@@ -65,6 +65,7 @@ std::vector<RingReport> Daemon::ring_reports() {
       r.enabled = session->ring_enabled(i);
       r.polled = session->ring_polled(i);
       r.lcore = ring_poller_[i] < 0 ? -1 : static_cast<int>(runtime_.poller(ring_poller_[i]).lcore_id());
+      r.attached = ring_poller_[i] != kDetached;
       // Counters are single-writer relaxed atomics: safe to read while the poller runs.
       const SplitQueue& queue = session->ring(i).unlocked().queue();
       const RingStats& stats = queue.stats();
@@ -103,16 +104,27 @@ std::size_t Daemon::poller_for(std::uint16_t index) const {
 }
 
 void Daemon::start_polling(std::uint16_t index, Vring& ring) {
-  if (ring_poller_.size() <= index) ring_poller_.resize(index + 1u, -1);
+  if (ring_poller_.size() <= index) ring_poller_.resize(index + 1u, kDetached);
+  backend_->ring_attached(index, ring.unlocked());
+  if (!backend_->queue_polled(index)) {
+    ring_poller_[index] = kAttachedUnpolled;
+    return;
+  }
   std::size_t p = poller_for(index);
   runtime_.poller(p).add({backend_.get(), index, &ring});
   ring_poller_[index] = static_cast<int>(p);
 }
 
 void Daemon::stop_polling(std::uint16_t index, Vring& ring) {
-  if (index >= ring_poller_.size() || ring_poller_[index] < 0) return;
-  runtime_.poller(ring_poller_[index]).remove(&ring);
-  ring_poller_[index] = -1;
+  if (index >= ring_poller_.size() || ring_poller_[index] == kDetached) return;
+  backend_->ring_detached(index);
+  if (ring_poller_[index] == kAttachedUnpolled) {
+    // Another ring's handler may still hold the pointer it loaded before ring_detached().
+    runtime_.qsbr().synchronize();
+  } else {
+    runtime_.poller(ring_poller_[index]).remove(&ring);  // synchronizes every data lcore
+  }
+  ring_poller_[index] = kDetached;
 }
 
 // ---- connection handling (control lcore) ----
@@ -137,7 +149,7 @@ void Daemon::attach(UniqueFd connection) {
   }
   connection_ = std::move(connection);
   reader_ = MessageReader();
-  ring_poller_.assign(backend_->num_queues(), -1);
+  ring_poller_.assign(backend_->num_queues(), kDetached);
   RingHost& host = *this;  // private base: converted here, where it is accessible
   session_ = std::make_unique<Session>(name_, *backend_, host, runtime_.qsbr());
   runtime_.control().watch(connection_.get(), [this](std::uint32_t) { on_connection_ready(); });

@@ -88,6 +88,8 @@ std::optional<Message> Session::handle(Message& message) {
   const bool need_reply = message.need_reply();
   const Request request = message.request();
   try {
+    log_debug(name_, ": ", request_name(message.header.request), " size ", message.header.size, " fds ",
+              message.fds.size(), need_reply ? " need-reply" : "");
     std::string invalid = validate_request(message);
     if (!invalid.empty()) throw Error(invalid);
     std::optional<Message> reply = dispatch(message);
@@ -135,7 +137,7 @@ std::optional<Message> Session::dispatch(Message& message) {
     }
     case Request::get_queue_num:
       require(ProtocolFeature::mq, message);
-      return make_u64_reply(message, rings_.size());
+      return make_u64_reply(message, backend_.queue_num());
     case Request::set_mem_table:
       set_mem_table(message);
       return std::nullopt;

@@ -30,7 +30,8 @@ struct RingReport {
   bool started = false;
   bool enabled = false;
   bool polled = false;
-  int lcore = -1;  // data lcore serving it, -1 when not polled
+  bool attached = false;  // on the data path (polled, or driven by other rings' handlers)
+  int lcore = -1;         // data lcore polling it, -1 when not polled
   RingError error = RingError::none;
   std::uint64_t requests = 0;
   std::uint64_t batches = 0;
@@ -95,7 +96,10 @@ class Daemon : private RingHost {
   UniqueFd connection_;
   MessageReader reader_;
   std::unique_ptr<Session> session_;
-  std::vector<int> ring_poller_;  // poller index per ring, -1 when not polled
+  // Per ring: the poller index, or one of these.
+  static constexpr int kDetached = -1;          // not on the data path
+  static constexpr int kAttachedUnpolled = -2;  // on the data path, driven by other rings
+  std::vector<int> ring_poller_;
   bool shut_down_ = false;
 
   std::atomic<bool> connected_{false};

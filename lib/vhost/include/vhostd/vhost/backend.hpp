@@ -27,6 +27,8 @@ class Backend {
   // ---- what the device offers ----
   virtual std::size_t num_queues() const = 0;
   virtual std::uint32_t max_queue_size() const = 0;
+  // The GET_QUEUE_NUM answer. A net device answers its queue pairs (QEMU and DPDK read it so).
+  virtual std::uint64_t queue_num() const { return num_queues(); }
   // Virtio feature bits the device supports. The framework adds VHOST_USER_F_PROTOCOL_FEATURES.
   virtual std::uint64_t features() const = 0;
   // Protocol feature bits the device itself implements (MQ, CONFIG, NET_MTU, RARP, ...). The
@@ -64,6 +66,19 @@ class Backend {
   // ---- rings ----
   virtual void queue_started(std::uint16_t /*index*/, VringState& /*ring*/) {}
   virtual void queue_stopped(std::uint16_t /*index*/, VringState& /*ring*/) {}
+  // Whether the runtime polls ring `index` and calls handle_queue() when it has work (default).
+  // A ring that is not polled is driven from other rings' handlers: a net RX ring is filled
+  // when packets arrive on another port, not when the guest posts buffers.
+  virtual bool queue_polled(std::uint16_t /*index*/) const { return true; }
+  // The ring joins / is about to leave the data path (control lcore, around every hand-over to
+  // or from the pollers, pauses for a reconfiguration included). Between ring_attached() and
+  // ring_detached() any data lcore of the runtime may use the ring, as its single writer;
+  // after ring_detached() returns the framework waits until every data lcore has passed a
+  // quiescent point before it changes the ring. A device that reaches a ring from another
+  // ring's handler publishes the pointer here (with VringLocking::none; the device keeps one
+  // writer per ring).
+  virtual void ring_attached(std::uint16_t /*index*/, VringState& /*ring*/) {}
+  virtual void ring_detached(std::uint16_t /*index*/) {}
   // Data path: ring `index` has work (its SplitQueue::poll() returned > 0). Pop chains, push
   // used elements, flush and notify (VringState::signal_used_queue()).
   virtual void handle_queue(std::uint16_t index, VringState& ring) noexcept = 0;

@@ -196,6 +196,13 @@ class SplitQueue {
   // Pops the next available chain into `chain`. False when none is available or the chain is
   // hostile (then in_error() is true, the counter is bumped, nothing was consumed).
   bool pop(DescriptorChain& chain) noexcept;
+  // Gives back the last `n` chains popped in this batch (not yet pushed as used): the next
+  // pop() returns them again. For a device that pops ahead and then finds it cannot use them
+  // (a net RX packet that needs more buffers than the guest has posted).
+  void rewind(std::uint16_t n) noexcept {
+    last_avail_idx_ = static_cast<std::uint16_t>(last_avail_idx_ - n);
+    stats_.requests.store(stats_.requests.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+  }
   // Stages a used element; visible to the guest after flush_used().
   void push_used(std::uint16_t head, std::uint32_t len) noexcept;
   // Publishes staged used elements and the used index (and logs them when LOG is set).
