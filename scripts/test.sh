@@ -7,15 +7,20 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 
+# run_suites DIR "SUITES" [meson options]
 run_suites() {
-  local dir=$1; shift
+  local dir=$1 suites=$2; shift 2
   meson setup "$dir" --wipe -Dwerror=true "$@" >/dev/null 2>&1 || meson setup "$dir" -Dwerror=true "$@"
   ninja -C "$dir"
-  meson test -C "$dir" --print-errorlogs --suite unit --suite integration
+  local args=()
+  for suite in $suites; do args+=(--suite "$suite"); done
+  meson test -C "$dir" --print-errorlogs "${args[@]}"
 }
 
-run_suites build-test --prefix="$PWD/build-test/prefix"
-run_suites build-asan -Db_sanitize=address,undefined -Db_lundef=false
+# The interop suite (a real dpdk-testpmd frontend, busy-polling both CPUs) runs in the plain
+# build only: under ASan the frontend's timing, not our code, would be what is measured.
+run_suites build-test "unit integration interop" --prefix="$PWD/build-test/prefix"
+run_suites build-asan "unit integration" -Db_sanitize=address,undefined -Db_lundef=false -Dperf=false
 
 # The framework as an outside project sees it: installed headers, library and vhostd.pc.
 meson install -C build-test --quiet

@@ -265,6 +265,25 @@ bool SplitQueue::pop(DescriptorChain& chain) noexcept {
       std::atomic_ref<std::uint16_t>(avail_[2 + (last_avail_idx_ & (size_ - 1))]).load(std::memory_order_relaxed);
   if (VHOSTD_UNLIKELY(head >= size_)) return fail(RingError::head_out_of_range);
 
+  // Fast path: a single direct descriptor inside one region (every net packet and RX buffer
+  // of Linux and DPDK guests). Anything else, or a miss, takes the general walk below, which
+  // reads the descriptor again and decides on that copy alone.
+  const VringDesc first = read_desc(&desc_[head]);
+  if (VHOSTD_LIKELY((first.flags & (kVringDescFNext | kVringDescFIndirect)) == 0 && first.len != 0)) {
+    std::uint8_t* host = table_->translate_gpa(first.addr, first.len, desc_hint_);
+    if (VHOSTD_LIKELY(host != nullptr)) {
+      const bool writable = (first.flags & kVringDescFWrite) != 0;
+      chain.segments[0] = ChainSegment{host, first.addr, first.len};
+      chain.head = head;
+      chain.num_readable = writable ? 0 : 1;
+      chain.num_writable = writable ? 1 : 0;
+      chain.readable_bytes = writable ? 0 : first.len;
+      chain.writable_bytes = writable ? first.len : 0;
+      finish_pop();
+      return true;
+    }
+  }
+
   const VringDesc* table = desc_;
   std::uint32_t table_len = size_;
   std::uint32_t idx = head;
@@ -330,16 +349,19 @@ bool SplitQueue::pop(DescriptorChain& chain) noexcept {
   chain.num_writable = static_cast<std::uint16_t>(count - num_readable);
   chain.readable_bytes = static_cast<std::uint32_t>(readable_bytes);
   chain.writable_bytes = static_cast<std::uint32_t>(writable_bytes);
+  finish_pop();
+  return true;
+}
+
+void SplitQueue::finish_pop() noexcept {
   ++last_avail_idx_;
   stats_.add(stats_.requests, 1);
-
   if (event_idx_ && notifications_enabled_) {
     // Relaxed: a hint for the driver's kick decision; enable_notifications() fences before sleeping.
     std::atomic_ref<std::uint16_t>(used_u16(used_, avail_event_offset(size_)))
         .store(last_avail_idx_, std::memory_order_relaxed);
     log_used(avail_event_offset(size_), 2);
   }
-  return true;
 }
 
 void SplitQueue::push_used(std::uint16_t head, std::uint32_t len) noexcept {

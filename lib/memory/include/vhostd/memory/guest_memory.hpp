@@ -189,6 +189,14 @@ template <typename Fn>
 bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint32_t& hint,
                                  Fn&& fn) const noexcept {
   if (gpa + len < gpa) return false;
+  // Fast path: the whole range inside the last-hit region (every buffer of a one-region guest).
+  if (hint < regions_.size()) {
+    const MappedRegion& r = *regions_[hint];
+    if (len != 0 && gpa >= r.gpa_start() && gpa < r.gpa_end() && len <= r.gpa_end() - gpa) {
+      fn(r.host_base() + (gpa - r.gpa_start()), gpa, len);
+      return true;
+    }
+  }
   // First pass validates the whole range so fn never sees a partial success.
   std::uint64_t cursor = gpa, left = len;
   std::uint32_t probe = hint;

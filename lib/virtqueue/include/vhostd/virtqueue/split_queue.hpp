@@ -220,6 +220,8 @@ class SplitQueue {
 
  private:
   bool refresh_table() noexcept;
+  // The bookkeeping of a successful pop(): index, counter, avail_event.
+  void finish_pop() noexcept;
   bool fail(RingError error) noexcept;
   void log_used(std::uint64_t offset, std::uint64_t len) noexcept;
 
