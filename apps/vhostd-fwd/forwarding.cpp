@@ -211,6 +211,8 @@ void Forwarder::on_guest_tx(NetPort& port, std::uint16_t pair) noexcept {
         for (std::uint16_t i = 0; i < n; ++i) ctx.pointers[i] = &burst[i];
         if (pair < dest.config().queue_pairs) {
           send(dest, pair, ctx.pointers.data(), n);
+        } else {
+          dest.drop(0, n);  // the destination has no such queue pair
         }
         break;
       }
@@ -240,8 +242,11 @@ void Forwarder::switch_l2(NetPort& port, std::size_t in, std::uint16_t pair, Pac
     }
   }
   for (std::size_t p = 0; p < ports_.size(); ++p) {
-    if (ctx.counts[p] != 0 && pair < ports_[p]->config().queue_pairs) {
+    if (ctx.counts[p] == 0) continue;
+    if (pair < ports_[p]->config().queue_pairs) {
       send(*ports_[p], pair, ctx.per_port[p].data(), ctx.counts[p]);
+    } else {
+      ports_[p]->drop(0, ctx.counts[p]);  // the destination has no such queue pair
     }
   }
 }

@@ -324,6 +324,7 @@ void NetPort::reset() {
   guest_mac_.store(pack_mac(config_.mac.data()), std::memory_order_relaxed);
   mtu_.store(config_.mtu, std::memory_order_relaxed);
   status_.store(kNetSLinkUp, std::memory_order_relaxed);
+  announce_mac_.store(0, std::memory_order_relaxed);  // meant for the guest that left
   rx_mode_ = 0;
 }
 
@@ -439,7 +440,9 @@ void NetPort::release(std::uint16_t pair, PacketBurst& burst) noexcept {
 }
 
 void NetPort::drop(std::uint16_t pair, std::uint64_t n) noexcept {
-  if (n != 0) count(stats_[pair].tx.drops, n);
+  // An atomic add: a forwarder may count drops against a pair another lcore writes (a pair the
+  // sender has and this port lacks). Drops are per burst, never per delivered packet.
+  if (n != 0) stats_[pair].tx.drops.fetch_add(n, std::memory_order_relaxed);
 }
 
 std::uint16_t NetPort::rx_room(std::uint16_t pair) noexcept {
@@ -618,7 +621,7 @@ std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Pac
   }
   count(stats.packets, delivered);
   count(stats.bytes, bytes);
-  if (dropped != 0) count(stats.drops, dropped);
+  if (dropped != 0) drop(pair, dropped);
   return i;
 }
 

@@ -251,6 +251,7 @@ void Session::set_features(std::uint64_t features) {
     for (std::uint16_t i = 0; i < rings_.size(); ++i) {
       if (!rings_[i].enabled) {
         rings_[i].enabled = true;
+        rings_[i].vring->with_mut([](VringState& ring) { ring.set_enabled(true); });
         update_polling(i);
       }
     }

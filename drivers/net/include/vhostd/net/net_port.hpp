@@ -95,7 +95,7 @@ struct PairStats {
   struct alignas(64) Tx {
     std::atomic<std::uint64_t> packets{0};
     std::atomic<std::uint64_t> bytes{0};
-    std::atomic<std::uint64_t> drops{0};  // no room, ring not running, or undeliverable
+    std::atomic<std::uint64_t> drops{0};  // no room, ring not running, or undeliverable (atomic add)
   } tx;
 };
 
@@ -166,6 +166,7 @@ class NetPort : public Backend {
   // ---- Backend ----
   std::size_t num_queues() const override { return 2u * config_.queue_pairs + 1; }
   std::uint32_t max_queue_size() const override { return config_.max_queue_size; }
+  std::uint64_t queue_num() const override { return config_.queue_pairs; }
   std::uint64_t features() const override;
   std::uint64_t protocol_features() const override;
   std::vector<std::vector<std::uint16_t>> queues_per_lcore() const override { return placement_; }
