@@ -22,11 +22,6 @@ namespace vhostd::net {
 
 namespace {
 
-void count(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
-  // Single writer: a relaxed load+store avoids a locked instruction.
-  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
-
 std::uint32_t header_len_for(std::uint64_t features) noexcept {
   return (features & (kVirtioFVersion1 | kNetFMrgRxbuf)) ? kNetHeaderLen : kNetLegacyHeaderLen;
 }
@@ -422,9 +417,9 @@ std::uint16_t NetPort::receive(std::uint16_t pair, PacketBurst& burst) noexcept 
     bytes += packet.len;
     ++burst.num_packets_;
   }
-  count(stats.packets, burst.num_packets_);
-  count(stats.bytes, bytes);
-  if (VHOSTD_UNLIKELY(errors != 0)) count(stats.errors, errors);
+  add_single_writer(stats.packets, burst.num_packets_);
+  add_single_writer(stats.bytes, bytes);
+  if (VHOSTD_UNLIKELY(errors != 0)) add_single_writer(stats.errors, errors);
   return burst.num_packets_;
 }
 
@@ -619,8 +614,8 @@ std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Pac
     ++delivered;
     bytes += packet.len;
   }
-  count(stats.packets, delivered);
-  count(stats.bytes, bytes);
+  add_single_writer(stats.packets, delivered);
+  add_single_writer(stats.bytes, bytes);
   if (dropped != 0) drop(pair, dropped);
   return i;
 }

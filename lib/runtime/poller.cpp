@@ -10,18 +10,13 @@ namespace vhostd {
 
 namespace {
 
-void count(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
-  // Single writer: a relaxed load+store is enough and avoids a locked instruction.
-  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
-
 // Polls one ring; true if the backend had work.
 inline bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
   SplitQueue& queue = ring.queue();
   if (queue.poll() == 0) return false;
   const std::uint64_t start = read_cycles();
   polled.backend->handle_queue(polled.index, ring);
-  count(queue.stats().busy_cycles, read_cycles() - start);
+  add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
   return true;
 }
 
@@ -82,8 +77,8 @@ void Poller::run(std::stop_token stop) {
     }
     // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
     reader_->quiescent(domain_);
-    count(stats_.loops, 1);
-    if (busy) count(stats_.busy_loops, 1); else cpu_relax();
+    add_single_writer(stats_.loops, 1);
+    if (busy) add_single_writer(stats_.busy_loops, 1); else cpu_relax();
   }
   reader_->offline();
 }

@@ -1,6 +1,7 @@
 // vhostd base: small compiler and CPU helpers shared by the data path.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -26,6 +27,12 @@ inline std::uint64_t read_cycles() noexcept {
 #else
   return static_cast<std::uint64_t>(__builtin_readcyclecounter());
 #endif
+}
+
+// Adds n to a counter that only the calling thread writes: a relaxed load and store, no locked
+// instruction; other threads read whole values at any time (stats).
+inline void add_single_writer(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
 }  // namespace vhostd

@@ -17,6 +17,7 @@
 #include <span>
 #include <vector>
 
+#include "vhostd/base/compiler.hpp"
 #include "vhostd/memory/guest_memory.hpp"
 
 namespace vhostd {
@@ -95,9 +96,7 @@ struct RingStats {
   std::atomic<std::uint64_t> notifications{0};  // calls signalled to the guest
   std::array<std::atomic<std::uint64_t>, kNumRingErrors> errors{};  // by RingError
 
-  void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {
-    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-  }
+  void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept { add_single_writer(counter, n); }
 };
 
 // One guest buffer piece, already translated.

@@ -1,0 +1,281 @@
+// vhostd virtqueue: the packed virtqueue as the device side sees it.
+//
+// Owns: the packed-ring layout (virtio 1.2 §2.8), reading available descriptors against the
+// driver's ring wrap counter into the same DescriptorChain the split ring produces (chains
+// over consecutive slots and across the ring's end, indirect tables, buffer ids that are not
+// slots) with every hostile-ring check; used descriptors staged and published a batch at a
+// time (the first element's flags written last); event suppression both ways (ENABLE,
+// DISABLE, and DESC offsets with EVENT_IDX); the vhost-user packed vring base encoding; the
+// per-ring error state and counters.
+//
+// The data-path interface is SplitQueue's, so a device is written once against either layout
+// (DataPathQueue below states it). The control-path differences: the queue size need not be a
+// power of two, set_vring_base()/vring_base() carry both positions and wrap counters, and
+// SET_VRING_ADDR's three addresses mean descriptor ring / driver area / device area.
+//
+// Threading: as SplitQueue. A PackedQueue has one owner at a time (the poller while the ring
+// runs, the control lcore while it is stopped). Configuration calls are control path; poll/
+// pop/rewind/push_used/flush_used/notify/(en|dis)able_notifications are data path: no
+// allocation, no locks, no exceptions, and no syscall but the eventfd write of a due
+// notification.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <vector>
+
+#include "vhostd/memory/guest_memory.hpp"
+#include "vhostd/virtqueue/split_queue.hpp"
+
+namespace vhostd {
+
+// ---- packed-ring layout (virtio 1.2 §2.8) ----
+// NEXT, WRITE and INDIRECT keep their split-ring values (kVringDescF*).
+inline constexpr std::uint16_t kPackedDescFAvail = 1u << 7;
+inline constexpr std::uint16_t kPackedDescFUsed = 1u << 15;
+// Event suppression flags (pvirtq_event_suppress.flags bits 0-1; 3 is reserved).
+inline constexpr std::uint16_t kRingEventFlagsEnable = 0;
+inline constexpr std::uint16_t kRingEventFlagsDisable = 1;
+inline constexpr std::uint16_t kRingEventFlagsDesc = 2;  // only with EVENT_IDX
+inline constexpr std::uint16_t kRingEventFlagsMask = 3;
+// off_wrap: bits 0-14 ring offset, bit 15 wrap counter. The vring base uses the same layout.
+inline constexpr std::uint16_t kPackedWrapBit = 1u << 15;
+inline constexpr std::uint16_t kPackedIdxMask = 0x7fff;
+// The vring base of a fresh ring: both positions at slot 0, both wrap counters 1.
+inline constexpr std::uint32_t kPackedInitialBase = 0x8000'8000u;
+
+struct PackedDesc {
+  std::uint64_t addr;
+  std::uint32_t len;
+  std::uint16_t id;     // buffer id: the chain's is the one in its last descriptor
+  std::uint16_t flags;
+};
+static_assert(sizeof(PackedDesc) == 16);
+
+// Both event suppression areas (driver area: written by the driver, read by the device; device
+// area: the other way round).
+struct PackedEventSuppress {
+  std::uint16_t off_wrap;
+  std::uint16_t flags;
+};
+static_assert(sizeof(PackedEventSuppress) == 4);
+
+constexpr std::uint64_t packed_desc_ring_bytes(std::uint32_t size) { return 16ull * size; }
+inline constexpr std::uint64_t kPackedEventAreaBytes = sizeof(PackedEventSuppress);
+
+// A descriptor is available in the lap whose wrap counter is `wrap` when AVAIL matches it and
+// USED does not; it is used when both match (§2.8.1).
+constexpr bool packed_desc_available(std::uint16_t flags, bool wrap) {
+  return ((flags & kPackedDescFAvail) != 0) == wrap && ((flags & kPackedDescFUsed) != 0) != wrap;
+}
+constexpr bool packed_desc_used(std::uint16_t flags, bool wrap) {
+  return ((flags & kPackedDescFAvail) != 0) == wrap && ((flags & kPackedDescFUsed) != 0) == wrap;
+}
+// The AVAIL/USED bits a driver writes to make a descriptor available, and a device to use it.
+constexpr std::uint16_t packed_avail_flags(bool wrap) { return wrap ? kPackedDescFAvail : kPackedDescFUsed; }
+constexpr std::uint16_t packed_used_flags(bool wrap) {
+  return wrap ? static_cast<std::uint16_t>(kPackedDescFAvail | kPackedDescFUsed) : std::uint16_t{0};
+}
+
+// EVENT_IDX for packed rings, in either direction: true if the `written` slots that end just
+// before (new_idx, new_wrap) include the slot `off_wrap` names. A ring position and its wrap
+// counter repeat every 2 * size slots, so positions are compared on that cycle (the packed
+// form of vring_need_event; Linux and DPDK subtract the size when the wrap counters differ,
+// which is the same thing). Used descriptors a chain skips count as written: an event offset
+// on a skipped slot fires when the chain's used element is published.
+constexpr bool packed_need_event(std::uint16_t off_wrap, std::uint16_t new_idx, bool new_wrap,
+                                 std::uint64_t written, std::uint32_t size) {
+  const std::uint32_t cycle = 2 * size;
+  if (written == 0 || size == 0) return false;
+  if (written >= cycle) return true;  // a whole cycle went by: every position was passed
+  const std::uint32_t event =
+      ((off_wrap & kPackedIdxMask) + ((off_wrap & kPackedWrapBit) ? 0u : size)) % cycle;
+  const std::uint32_t now = new_idx + (new_wrap ? 0u : size);
+  return (now + cycle - event - 1) % cycle < written;
+}
+
+class PackedQueue {
+ public:
+  PackedQueue() = default;
+  PackedQueue(const PackedQueue&) = delete;
+  PackedQueue& operator=(const PackedQueue&) = delete;
+
+  // ---- control path (ring stopped) ----
+  // size: any value in [1, kMaxQueueSize] (packed rings need not be powers of two; the
+  // protocol layer may be stricter). Sizes the per-id arrays; keeps the vring base set before
+  // when it fits the new size, else the ring restarts at kPackedInitialBase. Throws Error.
+  void set_size(std::uint32_t size);
+  // desc_user_addr: descriptor ring; avail_user_addr: driver event suppression area;
+  // used_user_addr: device event suppression area (SET_VRING_ADDR for packed rings).
+  void set_addresses(const VringAddresses& addresses) noexcept;
+  void set_memory(const GuestMemory* memory) noexcept {
+    memory_ = memory;
+    table_ = nullptr;
+  }
+  void set_event_idx(bool enabled) noexcept { event_idx_ = enabled; }
+  // SET_VRING_BASE for packed rings: bits 0-14 the next avail slot, bit 15 the driver ring
+  // wrap counter; bits 16-30 / 31 the next used slot and the device ring wrap counter. When
+  // bits 16-31 are all zero the frontend did not send them (DPDK's and older QEMU's form) and
+  // the used position restarts at the avail position. Throws Error when a slot is not below
+  // the size, or the used position is more than a ring behind the avail one (checked now when
+  // the size is known, else by set_size()).
+  void set_vring_base(std::uint32_t base);
+  // GET_VRING_BASE: the same encoding, both halves always filled in.
+  std::uint32_t vring_base() const noexcept;
+  // The call eventfd to signal (not owned); -1 = never notify.
+  void set_call_fd(int fd) noexcept { call_fd_ = fd; }
+  // Throws Error naming the area if one is not inside one mapped region or misaligned
+  // (descriptor ring 16 bytes, event areas 4).
+  void check_addresses(const MemoryTable& table) const;
+  // Back to the unconfigured state (error cleared, counters kept, memory binding kept).
+  void reset() noexcept;
+
+  std::uint32_t size() const noexcept { return size_; }
+  bool event_idx() const noexcept { return event_idx_; }
+  const VringAddresses& addresses() const noexcept { return addresses_; }
+  bool in_error() const noexcept { return error_ != RingError::none; }
+  RingError error() const noexcept { return error_; }
+  RingStats& stats() noexcept { return stats_; }
+  const RingStats& stats() const noexcept { return stats_; }
+  // The next slot to read and the driver ring wrap counter expected there.
+  std::uint16_t avail_idx() const noexcept { return static_cast<std::uint16_t>(slot_of(avail_pos_)); }
+  bool avail_wrap() const noexcept { return wrap_of(avail_pos_); }
+  // The next slot a used descriptor goes to and the device ring wrap counter (published state).
+  std::uint16_t used_idx() const noexcept { return static_cast<std::uint16_t>(slot_of(used_pos_)); }
+  bool used_wrap() const noexcept { return wrap_of(used_pos_); }
+  // Slots read but not yet published as used (popped chains, pushed or not).
+  std::uint32_t in_flight() const noexcept { return distance(used_pos_, avail_pos_); }
+
+  // ---- data path (owner only) ----
+  // Starts a batch: picks up the current memory table (re-translating the ring areas if it
+  // changed) and returns how many whole chains are available among the next kPollWindow
+  // descriptors, at least 1 when the next descriptor is available; 0 when empty or in error.
+  std::uint16_t poll() noexcept;
+  // Pops the next available chain into `chain` (chain.head is its buffer id). False when none
+  // is available or the chain is hostile (then in_error() is true, the counter is bumped,
+  // nothing was consumed).
+  bool pop(DescriptorChain& chain) noexcept;
+  // Gives back the last `n` chains popped (not yet pushed as used): the next pop() returns them
+  // again. Stops early at a chain that was already pushed.
+  void rewind(std::uint16_t n) noexcept;
+  // Stages a used element for the chain whose buffer id is `id`, `len` bytes written; visible
+  // to the guest after flush_used(). An id that is not outstanding is used_id_out_of_range.
+  void push_used(std::uint16_t id, std::uint32_t len) noexcept;
+  // Writes the staged used descriptors, the batch becoming visible at once (and logs them when
+  // LOG is set).
+  void flush_used() noexcept;
+  // After flush_used(): signals the call fd if the driver area asks for it (ENABLE, or DESC
+  // with EVENT_IDX and its offset passed); returns whether it did.
+  bool notify() noexcept;
+  // Driver kick suppression while a poller spins on this ring (DISABLE), and re-enabling
+  // before a sleep (ENABLE, or DESC at the next avail slot with EVENT_IDX).
+  // enable_notifications() returns true if work arrived meanwhile (re-check before sleeping).
+  void disable_notifications() noexcept;
+  bool enable_notifications() noexcept;
+
+  // The memory table the current batch uses (valid after poll()).
+  const MemoryTable* table() const noexcept { return table_; }
+
+  // How many descriptors poll() looks ahead to count chains (16 cache lines).
+  static constexpr std::uint32_t kPollWindow = 64;
+
+ private:
+  // A staged used element: the buffer id, the slots its chain took, the bytes written.
+  struct UsedElem {
+    std::uint16_t id;
+    std::uint16_t slots;
+    std::uint32_t len;
+  };
+
+  // Ring positions run over [0, 2 * size): slot `pos mod size`, wrap counter 1 on the first
+  // half. Advancing by one slot from the last slot flips the wrap counter, as the spec says.
+  std::uint32_t slot_of(std::uint32_t pos) const noexcept { return pos < size_ ? pos : pos - size_; }
+  bool wrap_of(std::uint32_t pos) const noexcept { return pos < size_; }
+  std::uint32_t advance(std::uint32_t pos, std::uint32_t n) const noexcept {
+    pos += n;  // n <= size, so one subtraction is enough
+    return pos >= 2 * size_ ? pos - 2 * size_ : pos;
+  }
+  std::uint32_t retreat(std::uint32_t pos, std::uint32_t n) const noexcept {
+    return pos >= n ? pos - n : pos + 2 * size_ - n;
+  }
+  std::uint32_t distance(std::uint32_t from, std::uint32_t to) const noexcept {
+    return to >= from ? to - from : to + 2 * size_ - from;
+  }
+  std::uint32_t position(std::uint16_t idx_wrap) const noexcept {
+    return (idx_wrap & kPackedIdxMask) + ((idx_wrap & kPackedWrapBit) ? 0u : size_);
+  }
+  std::uint16_t encode(std::uint32_t pos) const noexcept {
+    return static_cast<std::uint16_t>(slot_of(pos) | (wrap_of(pos) ? kPackedWrapBit : 0u));
+  }
+  // Whether `base` (with its used half filled in) fits a ring of `size`.
+  static bool base_fits(std::uint32_t base, std::uint32_t size) noexcept;
+  void apply_base() noexcept;
+
+  bool refresh_table() noexcept;
+  bool fail(RingError error) noexcept;
+  void finish_pop(std::uint16_t id, std::uint32_t slots) noexcept;
+  void publish_avail_event() noexcept;
+  void write_device_flags(std::uint16_t flags) noexcept;
+  void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
+
+  // configuration
+  std::uint32_t size_ = 0;
+  VringAddresses addresses_{};
+  bool event_idx_ = false;
+  int call_fd_ = -1;
+  const GuestMemory* memory_ = nullptr;
+  std::uint32_t base_ = kPackedInitialBase;  // last SET_VRING_BASE, used half filled in
+
+  // translated ring areas for table_
+  const MemoryTable* table_ = nullptr;
+  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
+  PackedDesc* desc_ = nullptr;
+  PackedEventSuppress* driver_event_ = nullptr;
+  PackedEventSuppress* device_event_ = nullptr;
+  std::uint64_t desc_gpa_ = 0;          // for the dirty log of used descriptors
+  std::uint64_t device_event_gpa_ = 0;  // for the dirty log of device area writes
+  std::uint32_t desc_hint_ = 0;
+
+  // positions (see slot_of) and notification state
+  std::uint32_t avail_pos_ = 0;        // next descriptor to read
+  std::uint32_t used_pos_ = 0;         // next used descriptor to write (published)
+  std::uint64_t used_slots_ = 0;       // slots published as used since the base was set
+  std::uint64_t signalled_slots_ = 0;  // used_slots_ at the last notify()
+  bool signalled_valid_ = false;
+  bool notifications_enabled_ = true;
+
+  // per buffer id: slots its outstanding chain took (0: not outstanding); sized at set_size()
+  std::vector<std::uint16_t> chain_slots_;
+  // ids of the last chains popped, newest at pop_head_ - 1 (for rewind)
+  std::vector<std::uint16_t> pop_history_;
+  std::uint32_t pop_head_ = 0;
+  std::uint32_t rewindable_ = 0;
+  std::vector<UsedElem> shadow_used_;  // staged used elements; sized at set_size()
+  std::uint32_t shadow_count_ = 0;
+  std::uint32_t shadow_slots_ = 0;
+
+  RingError error_ = RingError::none;
+  RingStats stats_;
+};
+
+// What a device's data path needs from a ring, whichever its layout: write a device once as a
+// template over this and instantiate it for SplitQueue and PackedQueue.
+template <typename Q>
+concept DataPathQueue = requires(Q& q, const Q& cq, DescriptorChain& chain, std::uint16_t id, std::uint32_t len) {
+  { q.poll() } noexcept -> std::same_as<std::uint16_t>;
+  { q.pop(chain) } noexcept -> std::same_as<bool>;
+  { q.rewind(id) } noexcept;
+  { q.push_used(id, len) } noexcept;
+  { q.flush_used() } noexcept;
+  { q.notify() } noexcept -> std::same_as<bool>;
+  { q.disable_notifications() } noexcept;
+  { q.enable_notifications() } noexcept -> std::same_as<bool>;
+  { cq.table() } noexcept -> std::same_as<const MemoryTable*>;
+  { cq.in_error() } noexcept -> std::same_as<bool>;
+  { cq.error() } noexcept -> std::same_as<RingError>;
+  { q.stats() } noexcept -> std::same_as<RingStats&>;
+};
+static_assert(DataPathQueue<SplitQueue>);
+static_assert(DataPathQueue<PackedQueue>);
+
+}  // namespace vhostd

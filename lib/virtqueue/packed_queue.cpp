@@ -1,0 +1,508 @@
+// vhostd virtqueue: the device side of a packed virtqueue (virtio 1.2 §2.8).
+//
+// Policies worth knowing (the spec leaves them to the device, or the guest may break them):
+//   - Every descriptor of a chain must be marked available for its own lap (the spec asks the
+//     driver to set AVAIL/USED in all of them, and Linux and DPDK do); a chain running into one
+//     that is not is next_out_of_range: the chain continues where the driver put nothing.
+//   - A chain of more than size descriptors is chain_loop; more slots outstanding than the ring
+//     has (the driver re-made available slots the device has not used yet) is avail_idx_jump.
+//   - The buffer id is the last descriptor's (§2.8.6); ids of the others are ignored. An id not
+//     below the size is head_out_of_range; an id made available again while its chain is still
+//     outstanding, or a used id that is not outstanding, is used_id_out_of_range.
+//   - INDIRECT only on a lone descriptor: with NEXT, or after a NEXT, it is indirect_with_next
+//     (§2.8.7 forbids indirect descriptors in a NEXT list). Inside the table only WRITE counts;
+//     NEXT, AVAIL, USED and ids are ignored as the spec says (DPDK's driver sets them there),
+//     but INDIRECT is indirect_nested. The whole table (len / 16 entries) is the buffer.
+//   - A zero-length descriptor is accepted and yields no segment; its address is not checked.
+//   - A buffer crossing from one mapped region into an adjacent one becomes two segments; an
+//     indirect table must lie inside one region.
+//   - A used descriptor gets WRITE when len != 0 (§2.8.3: "whether any data has been written").
+//   - With LOG, used descriptors and device area writes are logged at their own guest-physical
+//     addresses (translated from the ring addresses), not relative to log_guest_addr: for
+//     packed rings QEMU passes the device area there, while used elements live in the
+//     descriptor ring.
+#include "vhostd/virtqueue/packed_queue.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+
+#include "vhostd/base/compiler.hpp"
+#include "vhostd/base/error.hpp"
+#include "vhostd/base/fd.hpp"
+
+namespace vhostd {
+namespace {
+
+// Copies a descriptor out of guest memory with each field read exactly once: the guest may
+// rewrite the ring or a table at any time, so every check and use works on this local copy.
+PackedDesc read_desc(const PackedDesc* src) noexcept {
+  const volatile PackedDesc* v = src;
+  PackedDesc d;
+  d.addr = v->addr;
+  d.len = v->len;
+  d.id = v->id;
+  d.flags = v->flags;
+  return d;
+}
+
+// Same, for a ring descriptor whose flags the caller already loaded (atomically, once).
+PackedDesc read_desc(const PackedDesc* src, std::uint16_t flags) noexcept {
+  const volatile PackedDesc* v = src;
+  PackedDesc d;
+  d.addr = v->addr;
+  d.len = v->len;
+  d.id = v->id;
+  d.flags = flags;
+  return d;
+}
+
+std::atomic_ref<std::uint16_t> flags_of(PackedDesc& desc) noexcept { return std::atomic_ref<std::uint16_t>(desc.flags); }
+
+bool aligned(const void* p, std::uintptr_t alignment) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(p) & (alignment - 1)) == 0;
+}
+
+// Fills a base's used half from its avail half when the frontend sent only the latter.
+std::uint32_t complete_base(std::uint32_t base) noexcept {
+  return (base >> 16) != 0 ? base : (base & 0xffffu) | ((base & 0xffffu) << 16);
+}
+
+}  // namespace
+
+// ---- control path ----
+
+bool PackedQueue::base_fits(std::uint32_t base, std::uint32_t size) noexcept {
+  const std::uint32_t avail_idx = base & kPackedIdxMask;
+  const std::uint32_t used_idx = (base >> 16) & kPackedIdxMask;
+  if (avail_idx >= size || used_idx >= size) return false;
+  const std::uint32_t avail = avail_idx + ((base & kPackedWrapBit) ? 0u : size);
+  const std::uint32_t used = used_idx + (((base >> 16) & kPackedWrapBit) ? 0u : size);
+  const std::uint32_t outstanding = avail >= used ? avail - used : avail + 2 * size - used;
+  return outstanding <= size;
+}
+
+void PackedQueue::apply_base() noexcept {
+  avail_pos_ = position(static_cast<std::uint16_t>(base_));
+  used_pos_ = position(static_cast<std::uint16_t>(base_ >> 16));
+  used_slots_ = 0;
+  signalled_slots_ = 0;
+  signalled_valid_ = false;
+  std::fill(chain_slots_.begin(), chain_slots_.end(), std::uint16_t{0});
+  pop_head_ = 0;
+  rewindable_ = 0;
+  shadow_count_ = 0;
+  shadow_slots_ = 0;
+}
+
+void PackedQueue::set_size(std::uint32_t size) {
+  if (size == 0 || size > kMaxQueueSize) {
+    throw_error("packed virtqueue size ", size, " is not in [1, ", kMaxQueueSize, "]");
+  }
+  chain_slots_.assign(size, 0);
+  pop_history_.assign(size, 0);
+  shadow_used_.assign(size, UsedElem{});
+  size_ = size;
+  if (!base_fits(base_, size)) base_ = kPackedInitialBase;
+  apply_base();
+  table_ = nullptr;  // the ring's byte size changed: re-translate on the next poll
+}
+
+void PackedQueue::set_addresses(const VringAddresses& addresses) noexcept {
+  addresses_ = addresses;
+  table_ = nullptr;
+}
+
+void PackedQueue::set_vring_base(std::uint32_t base) {
+  const std::uint32_t full = complete_base(base);
+  if (size_ != 0 && !base_fits(full, size_)) {
+    throw_error("packed vring base 0x", std::hex, base, std::dec, " (avail ", full & kPackedIdxMask, " wrap ",
+                (full >> 15) & 1, ", used ", (full >> 16) & kPackedIdxMask, " wrap ", full >> 31,
+                ") does not fit a ring of ", size_);
+  }
+  base_ = full;
+  if (size_ != 0) apply_base();
+}
+
+std::uint32_t PackedQueue::vring_base() const noexcept {
+  if (size_ == 0) return base_;
+  return std::uint32_t{encode(avail_pos_)} | (std::uint32_t{encode(used_pos_)} << 16);
+}
+
+void PackedQueue::check_addresses(const MemoryTable& table) const {
+  if (size_ == 0) throw_error("packed virtqueue addresses checked before its size was set");
+  struct Area {
+    const char* name;
+    std::uint64_t uva;
+    std::uint64_t bytes;
+    std::uintptr_t alignment;
+  };
+  const Area areas[] = {
+      {"descriptor ring", addresses_.desc_user_addr, packed_desc_ring_bytes(size_), 16},
+      {"driver event area", addresses_.avail_user_addr, kPackedEventAreaBytes, 4},
+      {"device event area", addresses_.used_user_addr, kPackedEventAreaBytes, 4},
+  };
+  for (const Area& area : areas) {
+    const std::uint8_t* host = table.translate_uva(area.uva, area.bytes);
+    if (host == nullptr) {
+      throw_error("packed virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " (", area.bytes,
+                  " bytes) is not inside one mapped region");
+    }
+    if (!aligned(host, area.alignment)) {
+      throw_error("packed virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " is not ",
+                  area.alignment, "-byte aligned");
+    }
+  }
+}
+
+void PackedQueue::reset() noexcept {
+  size_ = 0;
+  addresses_ = {};
+  event_idx_ = false;
+  call_fd_ = -1;
+  base_ = kPackedInitialBase;
+  table_ = nullptr;
+  desc_ = nullptr;
+  driver_event_ = nullptr;
+  device_event_ = nullptr;
+  desc_gpa_ = 0;
+  device_event_gpa_ = 0;
+  desc_hint_ = 0;
+  avail_pos_ = 0;
+  used_pos_ = 0;
+  used_slots_ = 0;
+  signalled_slots_ = 0;
+  signalled_valid_ = false;
+  notifications_enabled_ = true;
+  chain_slots_.clear();
+  pop_history_.clear();
+  pop_head_ = 0;
+  rewindable_ = 0;
+  shadow_used_.clear();
+  shadow_count_ = 0;
+  shadow_slots_ = 0;
+  error_ = RingError::none;
+}
+
+// ---- data path ----
+
+bool PackedQueue::fail(RingError error) noexcept {
+  error_ = error;
+  stats_.add(stats_.errors[static_cast<std::size_t>(error)], 1);
+  return false;
+}
+
+void PackedQueue::log_write(std::uint64_t gpa, std::uint64_t len) noexcept {
+  if (VHOSTD_UNLIKELY((addresses_.flags & kVringFLog) && table_->logging())) {
+    // Release: the ring bytes are written before their dirty bits can be seen set.
+    std::atomic_thread_fence(std::memory_order_release);
+    table_->mark_dirty(gpa, len);
+  }
+}
+
+bool PackedQueue::refresh_table() noexcept {
+  const MemoryTable* table = memory_->current();
+  // Compare generations, not pointers: a new table may be allocated at a freed one's address.
+  if (VHOSTD_LIKELY(table_ != nullptr && table->generation() == table_generation_)) return true;
+  table_ = nullptr;
+  std::uint8_t* desc = table->translate_uva(addresses_.desc_user_addr, packed_desc_ring_bytes(size_));
+  std::uint8_t* driver = table->translate_uva(addresses_.avail_user_addr, kPackedEventAreaBytes);
+  std::uint8_t* device = table->translate_uva(addresses_.used_user_addr, kPackedEventAreaBytes);
+  std::uint64_t desc_gpa = 0, device_gpa = 0;
+  if (desc == nullptr || driver == nullptr || device == nullptr || !aligned(desc, 16) || !aligned(driver, 4) ||
+      !aligned(device, 4) || !table->uva_to_gpa(addresses_.desc_user_addr, desc_gpa) ||
+      !table->uva_to_gpa(addresses_.used_user_addr, device_gpa)) {
+    return fail(RingError::ring_address);
+  }
+  table_ = table;
+  table_generation_ = table->generation();
+  desc_ = reinterpret_cast<PackedDesc*>(desc);
+  driver_event_ = reinterpret_cast<PackedEventSuppress*>(driver);
+  device_event_ = reinterpret_cast<PackedEventSuppress*>(device);
+  desc_gpa_ = desc_gpa;
+  device_event_gpa_ = device_gpa;
+  desc_hint_ = 0;
+  // disable_notifications() may have run before the ring areas were translated: apply it now.
+  if (!notifications_enabled_) write_device_flags(kRingEventFlagsDisable);
+  return true;
+}
+
+std::uint16_t PackedQueue::poll() noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0 || memory_ == nullptr)) return 0;
+  if (VHOSTD_UNLIKELY(!refresh_table())) return 0;
+  // Count chain ends among the available descriptors ahead. Each flags load is acquire for the
+  // same reason as in pop(); pop() checks again and never relies on this count.
+  std::uint32_t pos = avail_pos_;
+  const std::uint32_t window = std::min(kPollWindow, size_);
+  std::uint32_t seen = 0, chains = 0;
+  for (; seen < window; ++seen) {
+    const std::uint16_t flags = flags_of(desc_[slot_of(pos)]).load(std::memory_order_acquire);
+    if (!packed_desc_available(flags, wrap_of(pos))) break;
+    if ((flags & kVringDescFNext) == 0) ++chains;
+    pos = advance(pos, 1);
+  }
+  // A chain longer than the window (or a broken one, for pop() to judge) still counts as work.
+  if (seen != 0 && chains == 0) chains = 1;
+  stats_.add(chains == 0 ? stats_.empty_polls : stats_.batches, 1);
+  return static_cast<std::uint16_t>(chains);
+}
+
+bool PackedQueue::pop(DescriptorChain& chain) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
+
+  std::uint32_t pos = avail_pos_;
+  PackedDesc& head_slot = desc_[slot_of(pos)];
+  // Acquire: pairs with the driver's release of the head's flags, written after every other
+  // field of the chain; the reads below see them.
+  const std::uint16_t head_flags = flags_of(head_slot).load(std::memory_order_acquire);
+  if (!packed_desc_available(head_flags, wrap_of(pos))) return false;
+  PackedDesc d = read_desc(&head_slot, head_flags);
+
+  // Fast path: a single direct descriptor inside one region (every net packet and RX buffer of
+  // Linux and DPDK guests). Anything else, or a miss, takes the general walk below on the same
+  // local copy.
+  if (VHOSTD_LIKELY((head_flags & (kVringDescFNext | kVringDescFIndirect)) == 0 && d.len != 0 &&
+                    d.id < size_ && chain_slots_[d.id] == 0 && in_flight() < size_)) {
+    std::uint8_t* host = table_->translate_gpa(d.addr, d.len, desc_hint_);
+    if (VHOSTD_LIKELY(host != nullptr)) {
+      const bool writable = (head_flags & kVringDescFWrite) != 0;
+      chain.segments[0] = ChainSegment{host, d.addr, d.len};
+      chain.head = d.id;
+      chain.num_readable = writable ? 0 : 1;
+      chain.num_writable = writable ? 1 : 0;
+      chain.readable_bytes = writable ? 0 : d.len;
+      chain.writable_bytes = writable ? d.len : 0;
+      finish_pop(d.id, 1);
+      return true;
+    }
+  }
+
+  bool seen_writable = false;
+  std::uint32_t count = 0;  // segments
+  std::uint16_t num_readable = 0;
+  std::uint64_t readable_bytes = 0, writable_bytes = 0;
+  bool too_many = false;
+  // Appends one buffer's pieces; false (with the error set) if it is hostile.
+  auto add_buffer = [&](std::uint64_t addr, std::uint32_t len, bool writable) noexcept -> bool {
+    if (VHOSTD_UNLIKELY(!writable && seen_writable)) return fail(RingError::readable_after_writable);
+    seen_writable = writable;
+    if (len == 0) return true;
+    const bool mapped = table_->for_each_piece(
+        addr, len, desc_hint_, [&](std::uint8_t* host, std::uint64_t gpa, std::uint64_t piece) {
+          if (count == kMaxChainSegments) {
+            too_many = true;
+            return;
+          }
+          chain.segments[count++] = ChainSegment{host, gpa, static_cast<std::uint32_t>(piece)};
+        });
+    if (VHOSTD_UNLIKELY(!mapped)) return fail(RingError::descriptor_address);
+    if (VHOSTD_UNLIKELY(too_many)) return fail(RingError::chain_too_long);
+    (writable ? writable_bytes : readable_bytes) += len;
+    if (!writable) num_readable = static_cast<std::uint16_t>(count);
+    if (VHOSTD_UNLIKELY(readable_bytes > std::numeric_limits<std::uint32_t>::max() ||
+                        writable_bytes > std::numeric_limits<std::uint32_t>::max())) {
+      return fail(RingError::chain_too_long);
+    }
+    return true;
+  };
+
+  std::uint32_t slots = 0;
+  for (;;) {
+    ++slots;
+    if (d.flags & kVringDescFIndirect) {
+      if (VHOSTD_UNLIKELY((d.flags & kVringDescFNext) || slots != 1)) return fail(RingError::indirect_with_next);
+      if (VHOSTD_UNLIKELY(d.len == 0 || d.len % sizeof(PackedDesc) != 0 ||
+                          d.len / sizeof(PackedDesc) > kMaxQueueSize)) {
+        return fail(RingError::indirect_bad_length);
+      }
+      const auto* table = reinterpret_cast<const PackedDesc*>(table_->translate_gpa(d.addr, d.len, desc_hint_));
+      if (VHOSTD_UNLIKELY(table == nullptr)) return fail(RingError::descriptor_address);
+      const std::uint32_t entries = d.len / sizeof(PackedDesc);
+      for (std::uint32_t i = 0; i < entries; ++i) {
+        const PackedDesc e = read_desc(&table[i]);
+        if (VHOSTD_UNLIKELY(e.flags & kVringDescFIndirect)) return fail(RingError::indirect_nested);
+        if (!add_buffer(e.addr, e.len, (e.flags & kVringDescFWrite) != 0)) return false;
+      }
+      break;  // d.id is the chain's id: the INDIRECT descriptor is its last (only) one
+    }
+    if (!add_buffer(d.addr, d.len, (d.flags & kVringDescFWrite) != 0)) return false;
+    if ((d.flags & kVringDescFNext) == 0) break;
+    if (VHOSTD_UNLIKELY(slots == size_)) return fail(RingError::chain_loop);
+    pos = advance(pos, 1);
+    PackedDesc& next = desc_[slot_of(pos)];
+    // Relaxed: ordered after the head's acquire load; the driver wrote these flags before it.
+    const std::uint16_t flags = flags_of(next).load(std::memory_order_relaxed);
+    if (VHOSTD_UNLIKELY(!packed_desc_available(flags, wrap_of(pos)))) return fail(RingError::next_out_of_range);
+    d = read_desc(&next, flags);
+  }
+
+  if (VHOSTD_UNLIKELY(in_flight() + slots > size_)) return fail(RingError::avail_idx_jump);
+  if (VHOSTD_UNLIKELY(d.id >= size_)) return fail(RingError::head_out_of_range);
+  if (VHOSTD_UNLIKELY(chain_slots_[d.id] != 0)) return fail(RingError::used_id_out_of_range);
+
+  chain.head = d.id;
+  chain.num_readable = num_readable;
+  chain.num_writable = static_cast<std::uint16_t>(count - num_readable);
+  chain.readable_bytes = static_cast<std::uint32_t>(readable_bytes);
+  chain.writable_bytes = static_cast<std::uint32_t>(writable_bytes);
+  finish_pop(d.id, slots);
+  return true;
+}
+
+void PackedQueue::finish_pop(std::uint16_t id, std::uint32_t slots) noexcept {
+  chain_slots_[id] = static_cast<std::uint16_t>(slots);
+  pop_history_[pop_head_] = id;
+  pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
+  if (rewindable_ < size_) ++rewindable_;
+  avail_pos_ = advance(avail_pos_, slots);
+  stats_.add(stats_.requests, 1);
+  if (event_idx_ && notifications_enabled_) publish_avail_event();
+}
+
+void PackedQueue::publish_avail_event() noexcept {
+  // Relaxed: a hint for the driver's kick decision; enable_notifications() fences before
+  // sleeping, and while DESC is set the flags need no rewrite.
+  std::atomic_ref<std::uint16_t>(device_event_->off_wrap).store(encode(avail_pos_), std::memory_order_relaxed);
+  log_write(device_event_gpa_, 2);
+}
+
+void PackedQueue::rewind(std::uint16_t n) noexcept {
+  std::uint32_t undone = 0;
+  while (undone < n && rewindable_ != 0) {
+    const std::uint32_t prev = pop_head_ == 0 ? size_ - 1 : pop_head_ - 1;
+    const std::uint16_t id = pop_history_[prev];
+    const std::uint16_t slots = chain_slots_[id];
+    if (slots == 0) break;  // already pushed: not ours to give back
+    chain_slots_[id] = 0;
+    avail_pos_ = retreat(avail_pos_, slots);
+    pop_head_ = prev;
+    --rewindable_;
+    ++undone;
+  }
+  stats_.requests.store(stats_.requests.load(std::memory_order_relaxed) - undone, std::memory_order_relaxed);
+  if (undone != 0 && event_idx_ && notifications_enabled_ && device_event_ != nullptr) publish_avail_event();
+}
+
+void PackedQueue::push_used(std::uint16_t id, std::uint32_t len) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0)) return;
+  if (VHOSTD_UNLIKELY(id >= size_ || chain_slots_[id] == 0)) {
+    fail(RingError::used_id_out_of_range);
+    return;
+  }
+  // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot fill;
+  // publish rather than overflow should that ever be wrong.
+  if (VHOSTD_UNLIKELY(shadow_count_ == size_)) flush_used();
+  shadow_used_[shadow_count_++] = UsedElem{id, chain_slots_[id], len};
+  shadow_slots_ += chain_slots_[id];
+  chain_slots_[id] = 0;
+}
+
+void PackedQueue::flush_used() noexcept {
+  if (shadow_count_ == 0 || error_ != RingError::none || desc_ == nullptr) return;
+  const std::uint32_t first_pos = used_pos_;
+  std::uint32_t pos = first_pos;
+  std::uint16_t first_flags = 0;
+  for (std::uint32_t i = 0; i < shadow_count_; ++i) {
+    const UsedElem& e = shadow_used_[i];
+    PackedDesc& d = desc_[slot_of(pos)];
+    // The slot is one the device already read (it lies before avail_pos_): the driver does not
+    // look at it until its flags say used.
+    d.id = e.id;
+    d.len = e.len;
+    const auto flags = static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (e.len != 0 ? kVringDescFWrite : 0));
+    if (i == 0) {
+      first_flags = flags;
+      flags_of(d).store(flags, std::memory_order_relaxed);
+    } else {
+      // Relaxed: the driver reads element i only after element 0, whose release store below
+      // orders this one before it.
+      flags_of(d).store(flags, std::memory_order_relaxed);
+    }
+    pos = advance(pos, e.slots);
+  }
+  // Release: every id/len above and the flags of the later elements are visible before the
+  // first element's flags, the only slot the driver polls; it sees the whole batch or none.
+  flags_of(desc_[slot_of(first_pos)]).store(first_flags, std::memory_order_release);
+
+  if (VHOSTD_UNLIKELY((addresses_.flags & kVringFLog) && table_->logging())) {
+    std::uint32_t at = first_pos;
+    for (std::uint32_t i = 0; i < shadow_count_; ++i) {
+      log_write(desc_gpa_ + sizeof(PackedDesc) * slot_of(at), sizeof(PackedDesc));
+      at = advance(at, shadow_used_[i].slots);
+    }
+  }
+  used_pos_ = pos;
+  used_slots_ += shadow_slots_;
+  shadow_count_ = 0;
+  shadow_slots_ = 0;
+}
+
+bool PackedQueue::notify() noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || driver_event_ == nullptr)) return false;
+  // Nothing published since the last call.
+  if (used_slots_ == signalled_slots_) return false;
+  // Full fence: our used flags stores are visible before we read the driver area; pairs with
+  // the driver's fence between re-enabling events there and re-checking its next used
+  // descriptor (else both miss an update).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Acquire: the driver writes off_wrap before it switches flags to DESC, so the off_wrap read
+  // after a DESC value is at least that recent.
+  const std::uint16_t flags = static_cast<std::uint16_t>(
+      std::atomic_ref<std::uint16_t>(driver_event_->flags).load(std::memory_order_acquire) & kRingEventFlagsMask);
+  bool due;
+  if (flags == kRingEventFlagsDisable) {
+    due = false;
+  } else if (flags == kRingEventFlagsDesc && event_idx_) {
+    // Relaxed: ordered by the acquire above; read once.
+    const std::uint16_t off_wrap =
+        std::atomic_ref<std::uint16_t>(driver_event_->off_wrap).load(std::memory_order_relaxed);
+    // The first call after (re)starting cannot know what was signalled before: always due.
+    due = !signalled_valid_ || packed_need_event(off_wrap, static_cast<std::uint16_t>(slot_of(used_pos_)),
+                                                 wrap_of(used_pos_), used_slots_ - signalled_slots_, size_);
+  } else {
+    due = true;  // ENABLE, the reserved value, or DESC without EVENT_IDX
+  }
+  signalled_slots_ = used_slots_;
+  signalled_valid_ = true;
+  if (!due) return false;
+  if (call_fd_ >= 0) eventfd_signal(call_fd_);
+  stats_.add(stats_.notifications, 1);
+  return true;
+}
+
+void PackedQueue::write_device_flags(std::uint16_t flags) noexcept {
+  // Relaxed: a hint; the driver tolerates seeing it late (one spurious or one missing kick that
+  // enable_notifications()'s re-check covers).
+  std::atomic_ref<std::uint16_t>(device_event_->flags).store(flags, std::memory_order_relaxed);
+  log_write(device_event_gpa_ + 2, 2);
+}
+
+void PackedQueue::disable_notifications() noexcept {
+  if (!notifications_enabled_) return;
+  notifications_enabled_ = false;
+  if (device_event_ == nullptr || error_ != RingError::none) return;  // refresh_table() applies it
+  write_device_flags(kRingEventFlagsDisable);
+}
+
+bool PackedQueue::enable_notifications() noexcept {
+  notifications_enabled_ = true;
+  if (device_event_ == nullptr || error_ != RingError::none) return false;
+  if (event_idx_) {
+    // Relaxed: the release store of the flags below orders it.
+    std::atomic_ref<std::uint16_t>(device_event_->off_wrap).store(encode(avail_pos_), std::memory_order_relaxed);
+    // Release: off_wrap is visible before DESC, for a driver reading flags then off_wrap.
+    std::atomic_ref<std::uint16_t>(device_event_->flags).store(kRingEventFlagsDesc, std::memory_order_release);
+    log_write(device_event_gpa_, kPackedEventAreaBytes);
+  } else {
+    write_device_flags(kRingEventFlagsEnable);
+  }
+  // Full fence: our device area stores are visible before we re-read the next descriptor;
+  // pairs with the driver's fence between making a descriptor available and reading the device
+  // area, so either it kicks or we see the descriptor here.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Acquire: like pop(), the chain behind these flags is visible (the caller polls next anyway).
+  const std::uint16_t flags = flags_of(desc_[slot_of(avail_pos_)]).load(std::memory_order_acquire);
+  return packed_desc_available(flags, wrap_of(avail_pos_));
+}
+
+}  // namespace vhostd
