@@ -1298,5 +1298,51 @@ TEST_F(NetTest, WithoutProtocolFeaturesRingsEnabledBySetFeaturesCarryTraffic) {
   expect_frame_eq(g1->receive().frame, frame, "without protocol features");
 }
 
+// VIRTIO_F_IN_ORDER is offered, so the device must use buffers exactly in the order the guest
+// made them available: TX chains (valid or dropped as invalid) and RX buffers, including a
+// buffer passed over for one packet (too small, without MRG_RXBUF) and used by the next.
+TEST_F(NetTest, InOrderIsOfferedAndBuffersAreUsedInTheOrderMadeAvailable) {
+  start(FwdMode::io, 2);
+  GuestOptions no_mrg;
+  no_mrg.feature_mask = kAllFeatures & ~net::kNetFMrgRxbuf;
+  auto g0 = connect(0);
+  auto g1 = connect(1, no_mrg);
+  ASSERT_TRUE(g0->has(kVirtioFInOrder));
+  ASSERT_TRUE(g1->has(kVirtioFInOrder));
+
+  // Port 1's RX buffers: a small one first, then large ones.
+  std::vector<std::uint16_t> rx_heads;
+  rx_heads.push_back(g1->post_rx_chain({256}));
+  for (int i = 0; i < 4; ++i) rx_heads.push_back(g1->post_rx_chain({2048}));
+
+  // The 1000-byte frame does not fit the small head buffer (dropped, the buffer kept), the
+  // runt is dropped as invalid, the 60-byte frame takes the small buffer, the 600-byte one
+  // the next.
+  std::vector<std::uint16_t> tx_heads;
+  tx_heads.push_back(g0->send(eth_frame(kMacA, kMacB, 1000, 1)));
+  tx_heads.push_back(g0->send_bytes(Bytes(8, 0)));
+  tx_heads.push_back(g0->send(eth_frame(kMacA, kMacB, 60, 2)));
+  tx_heads.push_back(g0->send(eth_frame(kMacA, kMacB, 600, 3)));
+
+  DriverRing& tx = g0->ring(NetGuest::tx());
+  ASSERT_TRUE(wait_until([&] { return tx.used_idx() == tx.avail_idx(); }, kReplyTimeout));
+  for (std::uint16_t head : tx_heads) {
+    auto used = tx.pop_used();
+    ASSERT_TRUE(used.has_value());
+    EXPECT_EQ(used->id, head) << "TX chains used out of order";
+  }
+  DriverRing& rx = g1->ring(NetGuest::rx());
+  ASSERT_TRUE(wait_until([&] { return rx.used_pending() == 2; }, kReplyTimeout));
+  const std::uint32_t expected_len[] = {12 + 60, 12 + 600};
+  for (int i = 0; i < 2; ++i) {
+    auto used = rx.pop_used();
+    ASSERT_TRUE(used.has_value());
+    EXPECT_EQ(used->id, rx_heads[i]) << "RX buffer " << i << " used out of order";
+    EXPECT_EQ(used->len, expected_len[i]);
+  }
+  EXPECT_EQ(port(1).totals().tx_drops, 1u);
+  EXPECT_EQ(port(0).totals().rx_errors, 1u);
+}
+
 }  // namespace
 }  // namespace vhostd::test::nettest
