@@ -412,7 +412,6 @@ void PackedQueue::flush_used() noexcept {
     const auto flags = static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (e.len != 0 ? kVringDescFWrite : 0));
     if (i == 0) {
       first_flags = flags;
-      flags_of(d).store(flags, std::memory_order_relaxed);
     } else {
       // Relaxed: the driver reads element i only after element 0, whose release store below
       // orders this one before it.
