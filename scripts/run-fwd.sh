@@ -6,10 +6,10 @@
 # prints the Mpps table with the vhostd/DPDK ratio. Hugepages are reserved when possible
 # (root), otherwise both sides run on memfd memory (--no-huge).
 #
-# Usage: scripts/run-fwd.sh [perf/e2e.sh options]   (default: --seconds 6 --ring split)
+# Usage: scripts/run-fwd.sh [perf/e2e.sh options]   (default: --seconds 6 --repeat 2 --ring split)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-if [ $# -eq 0 ]; then set -- --seconds 6 --ring split; fi
+if [ $# -eq 0 ]; then set -- --seconds 6 --repeat 2 --ring split; fi
 exec perf/e2e.sh --build build-release "$@"
