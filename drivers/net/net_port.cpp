@@ -381,9 +381,9 @@ std::uint16_t NetPort::receive(std::uint16_t pair, PacketBurst& burst) noexcept 
   VringState* state = ring(tx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return 0;
   SplitQueue& queue = state->queue();
-  // The runtime's poll() ran just before on_guest_tx(); this one is cheap and keeps receive()
-  // usable on its own (tests, benchmarks).
-  if (queue.poll() == 0) return 0;
+  // The runtime's poll() ran just before on_guest_tx(): use what it saw, and read the avail
+  // index again only when that is used up (or receive() is called on its own).
+  if (queue.poll_cached() == 0 && queue.poll() == 0) return 0;
   const std::uint64_t features = acked_features_.load(std::memory_order_relaxed);
   const std::uint32_t header_len = header_len_for(features);
   PairStats::Rx& stats = stats_[pair].rx;
@@ -455,7 +455,8 @@ std::uint16_t NetPort::transmit(std::uint16_t pair, Packet* const* packets, std:
   VringState* state = ring(rx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return 0;  // attached means started and enabled
   SplitQueue& queue = state->queue();
-  if (queue.poll() == 0) return 0;
+  // Buffers seen at the last look may be enough for this burst (one per packet at least).
+  if (queue.poll_cached() < n && queue.poll() == 0) return 0;
   const std::uint64_t features = acked_features_.load(std::memory_order_relaxed);
   const std::uint32_t header_len = header_len_for(features);
   const bool mergeable = (features & kNetFMrgRxbuf) != 0;
@@ -518,7 +519,8 @@ std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Pac
       continue;
     }
     const std::uint32_t total = header_len + packet.len;
-    if (!queue.pop(first)) break;  // no buffer (or the ring went into error)
+    // No buffer in the cached view: look at the avail index once more before giving up.
+    if (!queue.pop(first) && (queue.poll() == 0 || !queue.pop(first))) break;
     if (VHOSTD_UNLIKELY(first.writable_bytes < (kMergeable ? header_len : total))) {
       if constexpr (kMergeable) {
         queue.push_used(first.head, 0);  // cannot even hold the header: give it back empty
@@ -562,7 +564,8 @@ std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Pac
       if constexpr (!kMergeable) {
         return false;
       } else {
-        if (buffers == kMaxMergedBuffers || !queue.pop(more)) return false;
+        if (buffers == kMaxMergedBuffers) return false;
+        if (!queue.pop(more) && (queue.poll() == 0 || !queue.pop(more))) return false;
         used[buffers - 1].len = in_buffer;
         used[buffers++] = UsedBuffer{more.head, 0};
         const ChainSegment* s = more.writable().data();

@@ -256,6 +256,12 @@ std::uint16_t SplitQueue::poll() noexcept {
   return pending;
 }
 
+std::uint16_t SplitQueue::poll_cached() noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0 || memory_ == nullptr)) return 0;
+  if (VHOSTD_UNLIKELY(!refresh_table())) return 0;
+  return static_cast<std::uint16_t>(avail_idx_cache_ - last_avail_idx_);
+}
+
 bool SplitQueue::pop(DescriptorChain& chain) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
   if (last_avail_idx_ == avail_idx_cache_) return false;
