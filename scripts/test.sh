@@ -14,8 +14,15 @@ run_suites() {
   ninja -C "$dir"
   local args=()
   for suite in $suites; do args+=(--suite "$suite"); done
-  meson test -C "$dir" --print-errorlogs "${args[@]}"
+  local log
+  log=$(mktemp)
+  meson test -C "$dir" --print-errorlogs "${args[@]}" | tee "$log"
+  passed=$((passed + $(awk '/^Ok:/ {print $2}' "$log")))
+  failed=$((failed + $(awk '/^Fail:/ {print $2}' "$log")))
+  rm -f "$log"
 }
+passed=0
+failed=0
 
 # The interop suite (a real dpdk-testpmd frontend, busy-polling both CPUs) runs in the plain
 # build only: under ASan the frontend's timing, not our code, would be what is measured.
@@ -31,3 +38,4 @@ meson setup build-external tests/external --wipe >/dev/null 2>&1 || meson setup 
 ninja -C build-external
 LD_LIBRARY_PATH="$PWD/build-test/prefix/$libdir" build-external/null-device
 echo "all suites passed (plain and ASan+UBSan); an outside project builds against the installed vhostd"
+echo "$passed passed, $failed failed"
