@@ -147,7 +147,9 @@ int main(int argc, char** argv) {
       if (burst == 0 || burst > net::kMaxBurst) usage("--burst must be 1..256");
       options.burst = static_cast<std::uint16_t>(burst);
     } else if (arg == "--txpkts") {
-      options.txpkts = static_cast<std::uint32_t>(parse_number(arg, value()));
+      const unsigned long txpkts = parse_number(arg, value());
+      if (txpkts < 60 || txpkts > 9000) usage("--txpkts must be 60..9000");
+      options.txpkts = static_cast<std::uint32_t>(txpkts);
     } else if (arg == "--stats-period") {
       stats_period = parse_number(arg, value());
     } else if (arg == "--tx-retry") {
