@@ -11,7 +11,9 @@
 //              buffer to guest buffer, with the virtio-net header rebuilt for the receiver;
 //   release()  returns the received chains to the sending guest.
 //
-// Rings: ring 2q is guest RX of pair q, 2q+1 guest TX, the last one the control queue. A
+// Rings: ring 2q is guest RX of pair q, 2q+1 guest TX, the last one the control queue (QEMU
+// and DPDK virtio-user keep the control queue in the frontend and never hand it over; with 128
+// pairs its index, 256, does not fit the 8-bit ring index of SET_VRING_KICK/CALL). A
 // guest TX ring is polled by the runtime and handed to the PacketHandler; a guest RX ring is
 // not polled (unless the handler asks, as txonly does): whoever forwards into it writes it.
 // Every RX ring must have exactly one writing lcore at a time; the forwarding engine places
