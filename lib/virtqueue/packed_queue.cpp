@@ -131,28 +131,12 @@ std::uint32_t PackedQueue::vring_base() const noexcept {
 
 void PackedQueue::check_addresses(const MemoryTable& table) const {
   if (size_ == 0) throw_error("packed virtqueue addresses checked before its size was set");
-  struct Area {
-    const char* name;
-    std::uint64_t uva;
-    std::uint64_t bytes;
-    std::uintptr_t alignment;
-  };
-  const Area areas[] = {
+  const RingArea areas[] = {
       {"descriptor ring", addresses_.desc_user_addr, packed_desc_ring_bytes(size_), 16},
       {"driver event area", addresses_.avail_user_addr, kPackedEventAreaBytes, 4},
       {"device event area", addresses_.used_user_addr, kPackedEventAreaBytes, 4},
   };
-  for (const Area& area : areas) {
-    const std::uint8_t* host = table.translate_uva(area.uva, area.bytes);
-    if (host == nullptr) {
-      throw_error("packed virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " (", area.bytes,
-                  " bytes) is not inside one mapped region");
-    }
-    if (!aligned(host, area.alignment)) {
-      throw_error("packed virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " is not ",
-                  area.alignment, "-byte aligned");
-    }
-  }
+  check_ring_areas(table, "packed virtqueue", areas);
 }
 
 void PackedQueue::reset() noexcept {

@@ -158,30 +158,28 @@ void SplitQueue::set_last_avail_idx(std::uint16_t idx) noexcept {
   shadow_count_ = 0;
 }
 
+void check_ring_areas(const MemoryTable& table, const char* kind, std::span<const RingArea> areas) {
+  for (const RingArea& area : areas) {
+    const std::uint8_t* host = table.translate_uva(area.uva, area.bytes);
+    if (host == nullptr) {
+      throw_error(kind, " ", area.name, " at 0x", std::hex, area.uva, std::dec, " (", area.bytes,
+                  " bytes) is not inside one mapped region");
+    }
+    if (!aligned(host, area.alignment)) {
+      throw_error(kind, " ", area.name, " at 0x", std::hex, area.uva, std::dec, " is not ", area.alignment,
+                  "-byte aligned");
+    }
+  }
+}
+
 void SplitQueue::check_addresses(const MemoryTable& table) const {
   if (size_ == 0) throw_error("virtqueue addresses checked before its size was set");
-  struct Area {
-    const char* name;
-    std::uint64_t uva;
-    std::uint64_t bytes;
-    std::uintptr_t alignment;
-  };
-  const Area areas[] = {
+  const RingArea areas[] = {
       {"descriptor table", addresses_.desc_user_addr, desc_table_bytes(size_), 16},
       {"avail ring", addresses_.avail_user_addr, avail_ring_bytes(size_), 2},
       {"used ring", addresses_.used_user_addr, used_ring_bytes(size_), 4},
   };
-  for (const Area& area : areas) {
-    const std::uint8_t* host = table.translate_uva(area.uva, area.bytes);
-    if (host == nullptr) {
-      throw_error("virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " (", area.bytes,
-                  " bytes) is not inside one mapped region");
-    }
-    if (!aligned(host, area.alignment)) {
-      throw_error("virtqueue ", area.name, " at 0x", std::hex, area.uva, std::dec, " is not ", area.alignment,
-                  "-byte aligned");
-    }
-  }
+  check_ring_areas(table, "virtqueue", areas);
 }
 
 void SplitQueue::reset() noexcept {

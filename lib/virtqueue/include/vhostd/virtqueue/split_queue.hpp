@@ -67,6 +67,18 @@ struct VringAddresses {
   std::uint64_t log_guest_addr = 0;
 };
 
+// One ring area as SET_VRING_ADDR gives it (split: descriptor table, avail ring, used ring;
+// packed: descriptor ring, driver and device event areas).
+struct RingArea {
+  const char* name;
+  std::uint64_t uva;
+  std::uint64_t bytes;
+  std::uintptr_t alignment;
+};
+// Throws Error naming `kind` and the area when an area is not inside one mapped region of
+// `table` or its host address is not aligned as the layout requires. Control path.
+void check_ring_areas(const MemoryTable& table, const char* kind, std::span<const RingArea> areas);
+
 // Why a ring was put in error. The ring stops being processed until reconfigured.
 enum class RingError : std::uint8_t {
   none = 0,
