@@ -115,7 +115,7 @@ class GuestRing {
 
 // Configures the device side of a started ring as Session::start_ring() does.
 inline void start_ring(VringState& state, const test::DriverRing& ring, const GuestMemory& memory, bool event_idx) {
-  SplitQueue& queue = state.queue();
+  SplitQueue& queue = state.split_queue();
   queue.set_size(ring.size());
   queue.set_addresses(ring.addresses());
   queue.check_addresses(*memory.current());

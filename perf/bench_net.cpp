@@ -25,7 +25,7 @@ namespace {
 
 // Common post-run checks; empty when fine.
 std::string check_ring(VringState& state, const char* what) {
-  if (state.queue().in_error()) return std::string(what) + " ring in error: " + to_string(state.queue().error());
+  if (state.in_error()) return std::string(what) + " ring in error: " + to_string(state.error());
   return {};
 }
 

@@ -11,7 +11,8 @@ EchoBackend::EchoBackend(std::size_t num_queues, std::uint32_t max_queue_size, V
     : num_queues_(num_queues), max_queue_size_(max_queue_size), locking_(locking) {}
 
 std::uint64_t EchoBackend::features() const {
-  return kVirtioFVersion1 | kVirtioFRingIndirectDesc | kVirtioFRingEventIdx;
+  return kVirtioFVersion1 | kVirtioFRingIndirectDesc | kVirtioFRingEventIdx | kVirtioFRingPacked |
+         kVirtioFInOrder;
 }
 
 std::uint64_t EchoBackend::protocol_features() const {
@@ -27,18 +28,21 @@ std::vector<std::uint8_t> EchoBackend::get_config(std::uint32_t offset, std::uin
 }
 
 void EchoBackend::handle_queue(std::uint16_t, VringState& ring) noexcept {
-  SplitQueue& queue = ring.queue();
-  // One chain object per lcore thread: no allocation on the data path, and big enough for
-  // any chain the ring accepts.
-  static thread_local DescriptorChain chain;
-  for (unsigned n = 0; n < kBurst && queue.pop(chain); ++n) {
-    ChainWriter writer(chain, *queue.table());
-    for (const ChainSegment& segment : chain.readable()) {
-      if (writer.write(segment.host, segment.len) < segment.len) break;  // response buffer full
+  // Written once for both ring layouts: visit() instantiates it for each.
+  ring.visit([](auto& queue) noexcept {
+    // One chain object per lcore thread: no allocation on the data path, and big enough for
+    // any chain the ring accepts.
+    static thread_local DescriptorChain chain;
+    for (unsigned n = 0; n < kBurst && queue.pop(chain); ++n) {
+      ChainWriter writer(chain, *queue.table());
+      for (const ChainSegment& segment : chain.readable()) {
+        if (writer.write(segment.host, segment.len) < segment.len) break;  // response buffer full
+      }
+      queue.push_used(chain.head, static_cast<std::uint32_t>(writer.written()));
     }
-    queue.push_used(chain.head, static_cast<std::uint32_t>(writer.written()));
-  }
-  ring.signal_used_queue();
+    queue.flush_used();
+    queue.notify();
+  });
 }
 
 }  // namespace vhostd

@@ -265,8 +265,9 @@ std::uint64_t NetPort::features() const {
   // IN_ORDER: every path of this device returns buffers in the order it took them (TX chains
   // in release(), RX buffers in transmit(), the control queue one by one); DPDK's virtio-user
   // then runs its faster in-order paths.
+  // RING_PACKED: the data path is written once over DataPathQueue, for both layouts.
   std::uint64_t f = kVirtioFVersion1 | kVirtioFRingIndirectDesc | kVirtioFRingEventIdx | kVirtioFLogAll |
-                    kVirtioFInOrder |
+                    kVirtioFInOrder | kVirtioFRingPacked |
                     kNetFMac | kNetFMtu | kNetFStatus | kNetFCtrlVq | kNetFCtrlRx | kNetFCtrlMacAddr |
                     kNetFGuestAnnounce | kNetFMq;
   if (config_.mrg_rxbuf) f |= kNetFMrgRxbuf;
@@ -380,7 +381,11 @@ std::uint16_t NetPort::receive(std::uint16_t pair, PacketBurst& burst) noexcept 
   burst.num_heads_ = 0;
   VringState* state = ring(tx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return 0;
-  SplitQueue& queue = state->queue();
+  return state->visit([&](auto& queue) noexcept { return receive_from(queue, pair, burst); });
+}
+
+template <DataPathQueue Queue>
+std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst) noexcept {
   // The runtime's poll() ran just before on_guest_tx(): use what it saw, and read the avail
   // index again only when that is used up (or receive() is called on its own).
   if (queue.poll_cached() == 0 && queue.poll() == 0) return 0;
@@ -433,9 +438,11 @@ void NetPort::release(std::uint16_t pair, PacketBurst& burst) noexcept {
   if (burst.num_heads_ == 0) return;
   VringState* state = ring(tx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return;
-  SplitQueue& queue = state->queue();
-  for (std::uint16_t i = 0; i < burst.num_heads_; ++i) queue.push_used(burst.heads_[i], 0);
-  state->signal_used_queue();
+  state->visit([&](auto& queue) noexcept {
+    for (std::uint16_t i = 0; i < burst.num_heads_; ++i) queue.push_used(burst.heads_[i], 0);
+    queue.flush_used();
+    queue.notify();
+  });
   burst.num_heads_ = 0;
   burst.num_packets_ = 0;
 }
@@ -448,13 +455,18 @@ void NetPort::drop(std::uint16_t pair, std::uint64_t n) noexcept {
 
 std::uint16_t NetPort::rx_room(std::uint16_t pair) noexcept {
   VringState* state = ring(rx_ring(pair));
-  return state == nullptr ? 0 : state->queue().poll();
+  return state == nullptr ? 0 : state->visit([](auto& queue) noexcept { return queue.poll(); });
 }
 
 std::uint16_t NetPort::transmit(std::uint16_t pair, Packet* const* packets, std::uint16_t n) noexcept {
   VringState* state = ring(rx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return 0;  // attached means started and enabled
-  SplitQueue& queue = state->queue();
+  return state->visit([&](auto& queue) noexcept { return transmit_into(queue, pair, packets, n); });
+}
+
+template <DataPathQueue Queue>
+std::uint16_t NetPort::transmit_into(Queue& queue, std::uint16_t pair, Packet* const* packets,
+                                     std::uint16_t n) noexcept {
   // Buffers seen at the last look may be enough for this burst (one per packet at least).
   if (queue.poll_cached() < n && queue.poll() == 0) return 0;
   const std::uint64_t features = acked_features_.load(std::memory_order_relaxed);
@@ -465,11 +477,13 @@ std::uint16_t NetPort::transmit(std::uint16_t pair, Packet* const* packets, std:
   }
   const std::uint16_t done = mergeable ? transmit_burst<true>(queue, pair, packets, n, header_len, features)
                                        : transmit_burst<false>(queue, pair, packets, n, header_len, features);
-  state->signal_used_queue();
+  queue.flush_used();
+  queue.notify();
   return done;
 }
 
-void NetPort::inject_announcement(SplitQueue& queue, std::uint16_t pair, std::uint32_t header_len,
+template <DataPathQueue Queue>
+void NetPort::inject_announcement(Queue& queue, std::uint16_t pair, std::uint32_t header_len,
                                   std::uint64_t features, bool mergeable) noexcept {
   // Acquire: pairs with announce()'s release store.
   const std::uint64_t pending = announce_mac_.exchange(0, std::memory_order_acquire);
@@ -492,8 +506,8 @@ void NetPort::inject_announcement(SplitQueue& queue, std::uint16_t pair, std::ui
   }
 }
 
-template <bool kMergeable>
-std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Packet* const* packets,
+template <bool kMergeable, DataPathQueue Queue>
+std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* const* packets,
                                       std::uint16_t n, std::uint32_t header_len, std::uint64_t features) noexcept {
   struct UsedBuffer {
     std::uint16_t head;
@@ -632,16 +646,18 @@ std::uint16_t NetPort::transmit_burst(SplitQueue& queue, std::uint16_t pair, Pac
 // ---- control queue ----
 
 void NetPort::handle_control(VringState& ring) noexcept {
-  SplitQueue& queue = ring.queue();
-  while (queue.pop(control_chain_)) {
-    ChainReader reader(control_chain_);
-    std::uint8_t header[2];
-    std::uint8_t ack = kNetErr;
-    if (reader.read(header, 2) == 2) ack = control_command(header[0], header[1], reader);
-    ChainWriter writer(control_chain_, *queue.table());
-    queue.push_used(control_chain_.head, static_cast<std::uint32_t>(writer.write(&ack, 1)));
-  }
-  ring.signal_used_queue();
+  ring.visit([&](auto& queue) noexcept {
+    while (queue.pop(control_chain_)) {
+      ChainReader reader(control_chain_);
+      std::uint8_t header[2];
+      std::uint8_t ack = kNetErr;
+      if (reader.read(header, 2) == 2) ack = control_command(header[0], header[1], reader);
+      ChainWriter writer(control_chain_, *queue.table());
+      queue.push_used(control_chain_.head, static_cast<std::uint32_t>(writer.write(&ack, 1)));
+    }
+    queue.flush_used();
+    queue.notify();
+  });
 }
 
 std::uint8_t NetPort::control_command(std::uint8_t cls, std::uint8_t cmd, ChainReader& reader) noexcept {

@@ -67,9 +67,10 @@ std::vector<RingReport> Daemon::ring_reports() {
       r.lcore = ring_poller_[i] < 0 ? -1 : static_cast<int>(runtime_.poller(ring_poller_[i]).lcore_id());
       r.attached = ring_poller_[i] != kDetached;
       // Counters are single-writer relaxed atomics: safe to read while the poller runs.
-      const SplitQueue& queue = session->ring(i).unlocked().queue();
-      const RingStats& stats = queue.stats();
-      r.error = queue.error();
+      // The layout is only changed here, on the control lcore.
+      const VringState& ring = session->ring(i).unlocked();
+      const RingStats& stats = ring.stats();
+      r.error = ring.error();
       r.requests = stats.requests.load(std::memory_order_relaxed);
       r.batches = stats.batches.load(std::memory_order_relaxed);
       r.empty_polls = stats.empty_polls.load(std::memory_order_relaxed);

@@ -2,6 +2,7 @@
 #include "vhostd/runtime/poller.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "vhostd/base/compiler.hpp"
 #include "vhostd/runtime/lcore_thread.hpp"
@@ -10,9 +11,16 @@ namespace vhostd {
 
 namespace {
 
-// Polls one ring; true if the backend had work.
-inline bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
-  SplitQueue& queue = ring.queue();
+// Polls one ring of layout Queue; true if the backend had work.
+template <typename Queue>
+bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
+  Queue& queue = [&]() -> Queue& {
+    if constexpr (std::is_same_v<Queue, PackedQueue>) {
+      return ring.packed_queue();
+    } else {
+      return ring.split_queue();
+    }
+  }();
   if (queue.poll() == 0) return false;
   const std::uint64_t start = read_cycles();
   polled.backend->handle_queue(polled.index, ring);
@@ -42,13 +50,15 @@ std::size_t Poller::num_rings() const noexcept { return owned_->rings.size(); }
 
 void Poller::add(const PolledRing& ring) {
   auto list = std::make_shared<PollList>(*owned_);
-  list->rings.push_back(ring);
+  // The layout is fixed while the ring is handed over: pick its specialisation once, here.
+  const bool packed = ring.vring->with_ref([](const VringState& state) { return state.packed(); });
+  list->rings.push_back(Entry{ring, packed ? &poll_ring<PackedQueue> : &poll_ring<SplitQueue>});
   publish(std::move(list));
 }
 
 void Poller::remove(const Vring* ring) {
   auto list = std::make_shared<PollList>(*owned_);
-  std::erase_if(list->rings, [ring](const PolledRing& r) { return r.vring == ring; });
+  std::erase_if(list->rings, [ring](const Entry& e) { return e.ring.vring == ring; });
   publish(std::move(list));
 }
 
@@ -68,11 +78,12 @@ void Poller::run(std::stop_token stop) {
     // Acquire: pairs with publish(); the rings in the list are fully configured.
     const PollList* list = current_.load(std::memory_order_acquire);
     bool busy = false;
-    for (const PolledRing& polled : list->rings) {
+    for (const Entry& entry : list->rings) {
+      const PolledRing& polled = entry.ring;
       if (VHOSTD_LIKELY(polled.vring->locking() == VringLocking::none)) {
-        busy |= poll_ring(polled, polled.vring->unlocked());
+        busy |= entry.poll(polled, polled.vring->unlocked());
       } else {
-        busy |= polled.vring->with_mut([&](VringState& ring) { return poll_ring(polled, ring); });
+        busy |= polled.vring->with_mut([&](VringState& ring) { return entry.poll(polled, ring); });
       }
     }
     // Quiescent point: this thread holds no pointer into the list, any ring or memory table.

@@ -240,8 +240,18 @@ std::optional<Message> Session::dispatch(Message& message) {
 void Session::set_features(std::uint64_t features) {
   std::uint64_t unknown = features & ~offered_features();
   if (unknown) throw_error("SET_FEATURES 0x", std::hex, features, ": bits 0x", unknown, " were not offered");
+  const RingLayout layout = (features & kVirtioFRingPacked) ? RingLayout::packed : RingLayout::split;
+  if (layout != layout_) {
+    for (std::uint16_t i = 0; i < rings_.size(); ++i) {
+      if (rings_[i].started || rings_[i].polled) {
+        throw_error("SET_FEATURES 0x", std::hex, features, ": RING_PACKED cannot change while ring ", std::dec, i,
+                    " is running");
+      }
+    }
+  }
   acked_features_ = features;
   features_set_ = true;
+  if (layout != layout_) set_layout(layout);
   // Toggling LOG_ALL is how migration starts and ends: it must never stop or reset a ring.
   memory_.set_log_all((features & kVirtioFLogAll) != 0);
   backend_.acked_features(features);
@@ -255,6 +265,23 @@ void Session::set_features(std::uint64_t features) {
         update_polling(i);
       }
     }
+  }
+}
+
+void Session::set_layout(RingLayout layout) {
+  layout_ = layout;
+  // Frontends configure rings after SET_FEATURES (QEMU, DPDK and cloud-hypervisor all do);
+  // whatever came before is carried over where it fits the new layout. The vring base is not:
+  // its encoding differs, and it is sent after the size in any case.
+  for (RingSlot& slot : rings_) {
+    if (layout == RingLayout::split && !is_power_of_two(slot.size)) slot.size = 0;
+    slot.vring->with_mut([&](VringState& ring) {
+      ring.set_layout(layout);
+      ring.visit([&](auto& queue) {
+        if (slot.size != 0) queue.set_size(slot.size);
+        queue.set_addresses(slot.addresses);
+      });
+    });
   }
 }
 
@@ -286,34 +313,52 @@ void Session::set_vring_num(const Message& message) {
   RingSlot& slot = slot_for(state.index, message);
   if (slot.started) throw_error("SET_VRING_NUM ring ", state.index, ": ring is running");
   const std::uint32_t limit = std::min<std::uint32_t>(backend_.max_queue_size(), kMaxQueueSize);
-  if (!is_power_of_two(state.num) || state.num > limit) {
+  if (layout_ == RingLayout::packed) {
+    // Packed rings need not be powers of two (virtio 1.2 §2.8.10.1).
+    if (state.num == 0 || state.num > limit) {
+      throw_error("SET_VRING_NUM ring ", state.index, ": size ", state.num, " is not in [1, ", limit, "]");
+    }
+  } else if (!is_power_of_two(state.num) || state.num > limit) {
     throw_error("SET_VRING_NUM ring ", state.index, ": size ", state.num,
                 " is not a power of two in [1, ", limit, "]");
   }
   slot.size = state.num;
-  slot.vring->with_mut([&](VringState& ring) { ring.queue().set_size(state.num); });
+  slot.vring->with_mut([&](VringState& ring) { ring.visit([&](auto& queue) { queue.set_size(state.num); }); });
 }
 
 void Session::set_vring_addr(const Message& message) {
   auto addr = message.payload_as<VringAddrPayload>();
   RingSlot& slot = slot_for(addr.index, message);
   if (addr.flags & ~kVringFLog) throw_error("SET_VRING_ADDR ring ", addr.index, ": unknown flags 0x", std::hex, addr.flags);
-  if ((addr.desc_user_addr & 15) || (addr.avail_user_addr & 1) || (addr.used_user_addr & 3)) {
+  // Split: descriptor table 16, avail ring 2, used ring 4. Packed: descriptor ring 16, both
+  // event suppression areas 4 (the avail and used addresses carry the driver and device areas).
+  const std::uint64_t avail_alignment = layout_ == RingLayout::packed ? 4 : 2;
+  if ((addr.desc_user_addr & 15) || (addr.avail_user_addr & (avail_alignment - 1)) || (addr.used_user_addr & 3)) {
     throw_error("SET_VRING_ADDR ring ", addr.index, ": misaligned ring address");
   }
   VringAddresses addresses{addr.flags, addr.desc_user_addr, addr.used_user_addr, addr.avail_user_addr,
                            addr.log_guest_addr};
   if (slot.size != 0 && memory_.current()->num_regions() != 0) {
     // Validate now so a bad address is refused with the request that carried it.
-    SplitQueue probe;
-    probe.set_size(slot.size);
-    probe.set_addresses(addresses);
-    probe.check_addresses(*memory_.current());
+    auto check = [&](auto& probe) {
+      probe.set_size(slot.size);
+      probe.set_addresses(addresses);
+      probe.check_addresses(*memory_.current());
+    };
+    if (layout_ == RingLayout::packed) {
+      PackedQueue probe;
+      check(probe);
+    } else {
+      SplitQueue probe;
+      check(probe);
+    }
   }
   // QEMU re-sends SET_VRING_ADDR on a running ring to switch used-ring logging on for
   // migration: take the ring off its poller for the change, and keep it running.
-  with_ring_paused(static_cast<std::uint16_t>(addr.index),
-                   [&](VringState& ring) { ring.queue().set_addresses(addresses); });
+  with_ring_paused(static_cast<std::uint16_t>(addr.index), [&](VringState& ring) {
+    ring.visit([&](auto& queue) { queue.set_addresses(addresses); });
+  });
+  slot.addresses = addresses;
   slot.addresses_set = true;
   update_polling(static_cast<std::uint16_t>(addr.index));  // it may have been kicked already
 }
@@ -322,9 +367,14 @@ void Session::set_vring_base(const Message& message) {
   auto state = message.payload_as<VringStatePayload>();
   RingSlot& slot = slot_for(state.index, message);
   if (slot.started) throw_error("SET_VRING_BASE ring ", state.index, ": ring is running");
+  if (layout_ == RingLayout::packed) {
+    // Both positions and wrap counters (checked against the size by the queue; throws).
+    slot.vring->with_mut([&](VringState& ring) { ring.packed_queue().set_vring_base(state.num); });
+    return;
+  }
   if (state.num > 0xffff) throw_error("SET_VRING_BASE ring ", state.index, ": index ", state.num, " exceeds 16 bits");
   slot.vring->with_mut([&](VringState& ring) {
-    ring.queue().set_last_avail_idx(static_cast<std::uint16_t>(state.num));
+    ring.split_queue().set_last_avail_idx(static_cast<std::uint16_t>(state.num));
   });
 }
 
@@ -334,8 +384,9 @@ Message Session::get_vring_base(const Message& message) {
   const auto index = static_cast<std::uint16_t>(state.index);
   // Stopping the ring first means the index below is final: no poller consumes after this.
   stop_ring(index);
-  std::uint16_t next = slot.vring->with_mut([&](VringState& ring) {
-    std::uint16_t last = ring.queue().last_avail_idx();
+  const std::uint32_t next = slot.vring->with_mut([&](VringState& ring) {
+    // Split: the next avail index. Packed: both positions and wrap counters (vring base form).
+    const std::uint32_t last = ring.packed() ? ring.packed_queue().vring_base() : ring.split_queue().last_avail_idx();
     // The frontend sends fresh kick/call fds when it restarts the ring.
     ring.set_kick(UniqueFd());
     ring.set_call(UniqueFd());
@@ -439,7 +490,7 @@ void Session::update_polling(std::uint16_t index) {
   if (want == slot.polled) return;
   if (want) {
     // Read only while no poller owns the ring: a ring in error stays off until it is reset.
-    const bool in_error = slot.vring->with_ref([](const VringState& ring) { return ring.queue().in_error(); });
+    const bool in_error = slot.vring->with_ref([](const VringState& ring) { return ring.in_error(); });
     if (!in_error) start_ring(index);
   } else {
     host_.stop_polling(index, *slot.vring);
@@ -451,19 +502,21 @@ void Session::update_polling(std::uint16_t index) {
 void Session::start_ring(std::uint16_t index) {
   RingSlot& slot = rings_[index];
   bool ok = slot.vring->with_mut([&](VringState& ring) {
-    SplitQueue& queue = ring.queue();
-    try {
-      queue.check_addresses(*memory_.current());
-    } catch (const Error& error) {
-      log_warning(name_, ": ring ", index, " not started: ", error.what());
-      return false;
-    }
-    queue.set_memory(&memory_);
-    queue.set_event_idx((acked_features_ & kVirtioFRingEventIdx) != 0);
-    // The poller spins on the avail index: guest kicks would only cost the guest exits.
-    queue.disable_notifications();
-    backend_.queue_started(index, ring);
-    return true;
+    const bool configured = ring.visit([&](auto& queue) {
+      try {
+        queue.check_addresses(*memory_.current());
+      } catch (const Error& error) {
+        log_warning(name_, ": ring ", index, " not started: ", error.what());
+        return false;
+      }
+      queue.set_memory(&memory_);
+      queue.set_event_idx((acked_features_ & kVirtioFRingEventIdx) != 0);
+      // The poller spins on the ring: guest kicks would only cost the guest exits.
+      queue.disable_notifications();
+      return true;
+    });
+    if (configured) backend_.queue_started(index, ring);
+    return configured;
   });
   if (!ok) return;
   host_.start_polling(index, *slot.vring);
@@ -502,6 +555,7 @@ void Session::reset_rings() {
     slot.vring->with_mut([](VringState& ring) { ring.reset(); });
     slot = RingSlot{std::move(slot.vring)};
   }
+  layout_ = RingLayout::split;  // the rings were reset to split with the features they forget
 }
 
 void Session::teardown() {

@@ -85,6 +85,7 @@ bool PackedQueue::base_fits(std::uint32_t base, std::uint32_t size) noexcept {
 void PackedQueue::apply_base() noexcept {
   avail_pos_ = position(static_cast<std::uint16_t>(base_));
   used_pos_ = position(static_cast<std::uint16_t>(base_ >> 16));
+  avail_counted_ = 0;
   used_slots_ = 0;
   signalled_slots_ = 0;
   signalled_valid_ = false;
@@ -152,6 +153,7 @@ void PackedQueue::reset() noexcept {
   desc_gpa_ = 0;
   device_event_gpa_ = 0;
   desc_hint_ = 0;
+  avail_counted_ = 0;
   avail_pos_ = 0;
   used_pos_ = 0;
   used_slots_ = 0;
@@ -228,7 +230,14 @@ std::uint16_t PackedQueue::poll() noexcept {
   // A chain longer than the window (or a broken one, for pop() to judge) still counts as work.
   if (seen != 0 && chains == 0) chains = 1;
   stats_.add(chains == 0 ? stats_.empty_polls : stats_.batches, 1);
+  avail_counted_ = chains;
   return static_cast<std::uint16_t>(chains);
+}
+
+std::uint16_t PackedQueue::poll_cached() noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0 || memory_ == nullptr)) return 0;
+  if (VHOSTD_UNLIKELY(!refresh_table())) return 0;
+  return static_cast<std::uint16_t>(avail_counted_);
 }
 
 bool PackedQueue::pop(DescriptorChain& chain) noexcept {
@@ -339,6 +348,7 @@ void PackedQueue::finish_pop(std::uint16_t id, std::uint32_t slots) noexcept {
   pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
   if (rewindable_ < size_) ++rewindable_;
   avail_pos_ = advance(avail_pos_, slots);
+  if (avail_counted_ != 0) --avail_counted_;
   stats_.add(stats_.requests, 1);
   if (event_idx_ && notifications_enabled_) publish_avail_event();
 }
@@ -363,6 +373,7 @@ void PackedQueue::rewind(std::uint16_t n) noexcept {
     --rewindable_;
     ++undone;
   }
+  avail_counted_ += undone;
   stats_.requests.store(stats_.requests.load(std::memory_order_relaxed) - undone, std::memory_order_relaxed);
   if (undone != 0 && event_idx_ && notifications_enabled_ && device_event_ != nullptr) publish_avail_event();
 }

@@ -11,9 +11,12 @@ class NullDevice : public vhostd::Backend {
   std::uint32_t max_queue_size() const override { return 256; }
   std::uint64_t features() const override { return vhostd::kVirtioFVersion1; }
   void handle_queue(std::uint16_t, vhostd::VringState& ring) noexcept override {
-    static thread_local vhostd::DescriptorChain chain;
-    while (ring.queue().pop(chain)) ring.add_used(chain.head, 0);
-    ring.signal_used_queue();
+    ring.visit([](auto& queue) noexcept {
+      static thread_local vhostd::DescriptorChain chain;
+      while (queue.pop(chain)) queue.push_used(chain.head, 0);
+      queue.flush_used();
+      queue.notify();
+    });
   }
 };
 

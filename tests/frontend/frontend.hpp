@@ -131,7 +131,8 @@ struct DeviceOptions {
   // Protocol features to ack, intersected with what the daemon offers.
   std::uint64_t protocol_feature_mask = ~0ull;
   // Virtio features to ack, intersected with what the daemon offers (LOG_ALL never by default).
-  std::uint64_t feature_mask = ~(1ull << 26);
+  // RING_PACKED (34) only when a test asks for packed rings.
+  std::uint64_t feature_mask = ~((1ull << 26) | (1ull << 34));
   // Send NEED_REPLY on every request without a reply body and check the ack (needs REPLY_ACK).
   bool reply_ack = true;
   // Split the guest memory into this many SET_MEM_TABLE regions (same memfd, mmap_offset).

@@ -52,8 +52,8 @@ using net::VirtioNetHeader;
 
 // ---- feature masks (what a guest acks, intersected with what the port offers) ----
 
-// Everything the port offers but LOG_ALL (as the frontend's default).
-inline constexpr std::uint64_t kAllFeatures = ~kVirtioFLogAll;
+// Everything the port offers but LOG_ALL and RING_PACKED (as the frontend's default).
+inline constexpr std::uint64_t kAllFeatures = ~(kVirtioFLogAll | kVirtioFRingPacked);
 inline constexpr std::uint64_t kHostTso = net::kNetFHostTso4 | net::kNetFHostTso6;
 inline constexpr std::uint64_t kGuestTso = net::kNetFGuestTso4 | net::kNetFGuestTso6;
 // A receiver that cannot take partial checksums (no GUEST_CSUM, hence no GUEST_TSO either).

@@ -259,7 +259,7 @@ TEST_F(SessionTest, GetVringBaseStopsTheRingBeforeAnsweringAndReturnsTheIndex) {
   kick_ring(0);
   session_.on_kick(0);
   EXPECT_TRUE(session_.ring_polled(0));
-  EXPECT_EQ(session_.ring(0).unlocked().queue().last_avail_idx(), 17);
+  EXPECT_EQ(session_.ring(0).unlocked().split_queue().last_avail_idx(), 17);
 }
 
 TEST_F(SessionTest, RunningRingRefusesSizeAndBaseChanges) {

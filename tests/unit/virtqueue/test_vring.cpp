@@ -22,7 +22,7 @@ void hammer(Vring& vring) {
     threads.emplace_back([&vring] {
       for (int i = 0; i < kIterations; ++i) {
         vring.with_mut([](VringState& state) {
-          RingStats& stats = state.queue().stats();
+          RingStats& stats = state.split_queue().stats();
           stats.add(stats.requests, 1);
           state.set_enabled(!state.enabled());
         });
@@ -38,7 +38,7 @@ TEST_P(VringLocked, WithMutFromManyThreadsGivesExactTotals) {
   Vring vring(GetParam());
   EXPECT_EQ(vring.locking(), GetParam());
   hammer(vring);
-  const auto requests = vring.with_ref([](const VringState& state) { return state.queue().stats().requests.load(); });
+  const auto requests = vring.with_ref([](const VringState& state) { return state.split_queue().stats().requests.load(); });
   EXPECT_EQ(requests, static_cast<std::uint64_t>(kThreads) * kIterations);
   // An even number of toggles in total leaves the flag where it started.
   EXPECT_FALSE(vring.with_ref([](const VringState& state) { return state.enabled(); }));
@@ -88,15 +88,15 @@ TEST(Vring, StateResetDropsFdsAndConfiguration) {
   state.set_call(make_eventfd());
   state.set_kick(make_eventfd());
   state.set_enabled(true);
-  state.queue().set_size(64);
-  state.queue().stats().add(state.queue().stats().requests, 3);
+  state.split_queue().set_size(64);
+  state.split_queue().stats().add(state.split_queue().stats().requests, 3);
   const int before = count_open_fds();
   state.reset();
   EXPECT_EQ(count_open_fds(), before - 2);
   EXPECT_EQ(state.call_fd(), -1);
   EXPECT_FALSE(state.enabled());
-  EXPECT_EQ(state.queue().size(), 0u);
-  EXPECT_EQ(state.queue().stats().requests.load(), 3u);
+  EXPECT_EQ(state.split_queue().size(), 0u);
+  EXPECT_EQ(state.split_queue().stats().requests.load(), 3u);
 }
 
 }  // namespace

@@ -21,9 +21,10 @@
 // ring_detached(), so a transmit() into a port that disconnects or reconfigures sees the ring
 // gone (and the packets are not delivered) rather than a ring being changed under it.
 //
-// Data path: receive/transmit/release are specialised per burst on the negotiated features
-// (header length, MRG_RXBUF, offloads) through templates: no per-packet branch on a feature
-// flag. No allocation, lock, syscall (but a due eventfd call) or exception.
+// Data path: receive/transmit/release are written once over DataPathQueue and specialised per
+// burst on the ring layout (split or packed: VringState::visit) and the negotiated features
+// (header length, MRG_RXBUF, offloads) through templates: no per-packet branch on the layout or
+// a feature flag. No allocation, lock, syscall (but a due eventfd call) or exception.
 #pragma once
 
 #include <array>
@@ -183,11 +184,17 @@ class NetPort : public Backend {
   void handle_queue(std::uint16_t index, VringState& ring) noexcept override;
 
  private:
-  template <bool kMergeable>
-  std::uint16_t transmit_burst(SplitQueue& queue, std::uint16_t pair, Packet* const* packets, std::uint16_t n,
+  // The data path, once per ring layout (Queue: SplitQueue or PackedQueue).
+  template <DataPathQueue Queue>
+  std::uint16_t receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst) noexcept;
+  template <DataPathQueue Queue>
+  std::uint16_t transmit_into(Queue& queue, std::uint16_t pair, Packet* const* packets, std::uint16_t n) noexcept;
+  template <bool kMergeable, DataPathQueue Queue>
+  std::uint16_t transmit_burst(Queue& queue, std::uint16_t pair, Packet* const* packets, std::uint16_t n,
                                std::uint32_t header_len, std::uint64_t features) noexcept;
-  void inject_announcement(SplitQueue& queue, std::uint16_t pair, std::uint32_t header_len,
-                           std::uint64_t features, bool mergeable) noexcept;
+  template <DataPathQueue Queue>
+  void inject_announcement(Queue& queue, std::uint16_t pair, std::uint32_t header_len, std::uint64_t features,
+                           bool mergeable) noexcept;
   void handle_control(VringState& ring) noexcept;
   std::uint8_t control_command(std::uint8_t cls, std::uint8_t cmd, ChainReader& reader) noexcept;
   VringState* ring(std::uint16_t index) const noexcept { return rings_[index].load(std::memory_order_acquire); }

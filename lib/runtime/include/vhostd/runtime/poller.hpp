@@ -52,8 +52,13 @@ class Poller {
   const PollerStats& stats() const noexcept { return stats_; }
 
  private:
+  // A ring and the poll function specialised for its layout.
+  struct Entry {
+    PolledRing ring;
+    bool (*poll)(const PolledRing&, VringState&) noexcept;
+  };
   struct PollList {
-    std::vector<PolledRing> rings;
+    std::vector<Entry> rings;
   };
   void run(std::stop_token stop);
   void publish(std::shared_ptr<const PollList> list);

@@ -6,6 +6,10 @@
 // (handle()), kicks (on_kick()) and the disconnect (teardown()), and runs its rings through
 // the RingHost interface.
 //
+// Ring layout: split until SET_FEATURES acks VIRTIO_F_RING_PACKED; from then on every ring is
+// packed (SET_VRING_NUM takes any size, SET_VRING_ADDR carries the descriptor ring and the two
+// event areas, SET/GET_VRING_BASE the packed encoding). The layout cannot change while a ring runs.
+//
 // Ring states (vhost-user spec "Ring states"): a ring is polled exactly when it is started
 // (first kick, NOFD kick) and enabled (SET_VRING_ENABLE 1, or SET_FEATURES without
 // VHOST_USER_F_PROTOCOL_FEATURES) and not in error. GET_VRING_BASE stops it. Any change of a
@@ -79,6 +83,7 @@ class Session {
   struct RingSlot {
     std::unique_ptr<Vring> vring;
     std::uint32_t size = 0;  // 0: SET_VRING_NUM not seen
+    VringAddresses addresses{};
     bool addresses_set = false;
     bool started = false;
     bool enabled = false;
@@ -93,6 +98,8 @@ class Session {
   RingSlot& slot_for(std::uint32_t index, const Message& message);
 
   void set_features(std::uint64_t features);
+  // Puts every ring in `layout` (RING_PACKED negotiated or not); rings are stopped.
+  void set_layout(RingLayout layout);
   void set_mem_table(Message& message);
   void set_vring_num(const Message& message);
   void set_vring_addr(const Message& message);
@@ -121,6 +128,7 @@ class Session {
   std::uint64_t acked_features_ = 0;
   std::uint64_t acked_protocol_features_ = 0;
   bool features_set_ = false;
+  RingLayout layout_ = RingLayout::split;  // of every ring: VIRTIO_F_RING_PACKED acked or not
   bool owner_set_ = false;
   std::uint8_t status_ = 0;
   UniqueFd log_call_fd_;  // SET_LOG_FD

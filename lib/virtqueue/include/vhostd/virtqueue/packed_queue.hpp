@@ -151,6 +151,10 @@ class PackedQueue {
   // changed) and returns how many whole chains are available among the next kPollWindow
   // descriptors, at least 1 when the next descriptor is available; 0 when empty or in error.
   std::uint16_t poll() noexcept;
+  // Starts a batch without reading the ring: picks up the current memory table like poll() and
+  // returns how many of the chains the last poll() counted are not popped yet (0 in error).
+  // pop() reads the ring itself, so a short count only means "poll() again to know more".
+  std::uint16_t poll_cached() noexcept;
   // Pops the next available chain into `chain` (chain.head is its buffer id). False when none
   // is available or the chain is hostile (then in_error() is true, the counter is bumped,
   // nothing was consumed).
@@ -236,6 +240,9 @@ class PackedQueue {
   std::uint64_t device_event_gpa_ = 0;  // for the dirty log of device area writes
   std::uint32_t desc_hint_ = 0;
 
+  // chains the last poll() counted and pop() has not taken yet
+  std::uint32_t avail_counted_ = 0;
+
   // positions (see slot_of) and notification state
   std::uint32_t avail_pos_ = 0;        // next descriptor to read
   std::uint32_t used_pos_ = 0;         // next used descriptor to write (published)
@@ -263,6 +270,7 @@ class PackedQueue {
 template <typename Q>
 concept DataPathQueue = requires(Q& q, const Q& cq, DescriptorChain& chain, std::uint16_t id, std::uint32_t len) {
   { q.poll() } noexcept -> std::same_as<std::uint16_t>;
+  { q.poll_cached() } noexcept -> std::same_as<std::uint16_t>;
   { q.pop(chain) } noexcept -> std::same_as<bool>;
   { q.rewind(id) } noexcept;
   { q.push_used(id, len) } noexcept;

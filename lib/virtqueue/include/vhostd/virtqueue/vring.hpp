@@ -1,8 +1,15 @@
 // vhostd virtqueue: one ring's full state and the three ways a device may share it.
 //
-// VringState is the ring as a device handles it: the SplitQueue plus its kick/call/err
-// eventfds and the enabled flag (rust-vmm's `VringState`). Vring puts a VringState behind the
-// locking the backend chose (rust-vmm's `VringState` / `VringMutex` / `VringRwLock`):
+// VringState is the ring as a device handles it: its queue in the layout the frontend
+// negotiated (SplitQueue, or PackedQueue with VIRTIO_F_RING_PACKED), plus its kick/call/err
+// eventfds and the enabled flag (rust-vmm's `VringState`). A device reaches the queue through
+// visit(fn), which calls fn with the SplitQueue or the PackedQueue: write fn once as a generic
+// lambda (or a template over DataPathQueue) and both layouts get their own specialisation, the
+// layout being one branch per call, never per descriptor. What does not depend on the layout
+// (size, error, counters, the memory table of the batch) is here directly.
+//
+// Vring puts a VringState behind the locking the backend chose (rust-vmm's `VringState` /
+// `VringMutex` / `VringRwLock`):
 //   - VringLocking::none   single owner (the polled runtime's default: the poller owns it);
 //   - VringLocking::mutex  every access exclusive (device worker threads share the ring);
 //   - VringLocking::rwlock readers share, writers exclusive (many stats/config readers).
@@ -15,22 +22,60 @@
 #include <utility>
 
 #include "vhostd/base/fd.hpp"
+#include "vhostd/virtqueue/packed_queue.hpp"
 #include "vhostd/virtqueue/split_queue.hpp"
 
 namespace vhostd {
 
+enum class RingLayout : std::uint8_t { split, packed };
+
 class VringState {
  public:
-  SplitQueue& queue() noexcept { return queue_; }
-  const SplitQueue& queue() const noexcept { return queue_; }
+  // ---- the queue ----
+  RingLayout layout() const noexcept { return layout_; }
+  bool packed() const noexcept { return layout_ == RingLayout::packed; }
+  // Control path, ring stopped: the layout the negotiated features ask for. Changing it resets
+  // both queues (a ring's configuration means nothing in the other layout).
+  void set_layout(RingLayout layout) noexcept {
+    if (layout == layout_) return;
+    split_.reset();
+    packed_.reset();
+    layout_ = layout;
+  }
+  // Runs fn(SplitQueue&) or fn(PackedQueue&), whichever the ring is.
+  template <typename Fn>
+  decltype(auto) visit(Fn&& fn) {
+    if (layout_ == RingLayout::packed) return std::forward<Fn>(fn)(packed_);
+    return std::forward<Fn>(fn)(split_);
+  }
+  template <typename Fn>
+  decltype(auto) visit(Fn&& fn) const {
+    if (layout_ == RingLayout::packed) return std::forward<Fn>(fn)(packed_);
+    return std::forward<Fn>(fn)(split_);
+  }
+  // The queue of a known layout (layout-specific control code and tests).
+  SplitQueue& split_queue() noexcept { return split_; }
+  const SplitQueue& split_queue() const noexcept { return split_; }
+  PackedQueue& packed_queue() noexcept { return packed_; }
+  const PackedQueue& packed_queue() const noexcept { return packed_; }
 
+  // Layout-independent views of the queue.
+  std::uint32_t size() const noexcept { return packed() ? packed_.size() : split_.size(); }
+  bool in_error() const noexcept { return packed() ? packed_.in_error() : split_.in_error(); }
+  RingError error() const noexcept { return packed() ? packed_.error() : split_.error(); }
+  RingStats& stats() noexcept { return packed() ? packed_.stats() : split_.stats(); }
+  const RingStats& stats() const noexcept { return packed() ? packed_.stats() : split_.stats(); }
+  const MemoryTable* table() const noexcept { return packed() ? packed_.table() : split_.table(); }
+
+  // ---- fds and enable ----
   int kick_fd() const noexcept { return kick_.get(); }
   int call_fd() const noexcept { return call_.get(); }
   int err_fd() const noexcept { return err_.get(); }
   void set_kick(UniqueFd fd) noexcept { kick_ = std::move(fd); }
   void set_call(UniqueFd fd) noexcept {
     call_ = std::move(fd);
-    queue_.set_call_fd(call_.get());
+    split_.set_call_fd(call_.get());
+    packed_.set_call_fd(call_.get());
   }
   void set_err(UniqueFd fd) noexcept { err_ = std::move(fd); }
 
@@ -38,24 +83,34 @@ class VringState {
   void set_enabled(bool enabled) noexcept { enabled_ = enabled; }
 
   // Convenience for devices: stage a used element / publish and notify as needed.
-  void add_used(std::uint16_t head, std::uint32_t len) noexcept { queue_.push_used(head, len); }
+  void add_used(std::uint16_t head, std::uint32_t len) noexcept {
+    visit([&](auto& queue) { queue.push_used(head, len); });
+  }
   bool signal_used_queue() noexcept {
-    queue_.flush_used();
-    return queue_.notify();
+    return visit([](auto& queue) {
+      queue.flush_used();
+      return queue.notify();
+    });
   }
 
-  // Drops fds, disables, and resets the queue (disconnect or RESET_DEVICE).
+  // Drops fds, disables, and resets the queues (disconnect or RESET_DEVICE); the layout goes
+  // back to split, the one a frontend gets before it negotiates features.
   void reset() noexcept {
     kick_.reset();
     call_.reset();
     err_.reset();
-    queue_.set_call_fd(-1);
+    split_.set_call_fd(-1);
+    packed_.set_call_fd(-1);
     enabled_ = false;
-    queue_.reset();
+    split_.reset();
+    packed_.reset();
+    layout_ = RingLayout::split;
   }
 
  private:
-  SplitQueue queue_;
+  RingLayout layout_ = RingLayout::split;
+  SplitQueue split_;
+  PackedQueue packed_;
   UniqueFd kick_;
   UniqueFd call_;
   UniqueFd err_;
