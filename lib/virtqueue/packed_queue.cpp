@@ -21,6 +21,12 @@
 //     addresses (translated from the ring addresses), not relative to log_guest_addr: for
 //     packed rings QEMU passes the device area there, while used elements live in the
 //     descriptor ring.
+//   - IN_ORDER batching only folds chains the device could not write (no WRITE descriptor,
+//     used len 0): DPDK's virtio PMD reads every used descriptor on its RX paths and would
+//     stall on a skipped slot, while its TX cleanup walks a batch; a read-only chain is "used
+//     completely" by definition. A run is folded only when each chain starts where the
+//     previous one ends (the device used them in pop order); otherwise one used descriptor per
+//     element, as without IN_ORDER.
 #include "vhostd/virtqueue/packed_queue.hpp"
 
 #include <algorithm>
@@ -101,6 +107,8 @@ void PackedQueue::set_size(std::uint32_t size) {
     throw_error("packed virtqueue size ", size, " is not in [1, ", kMaxQueueSize, "]");
   }
   chain_slots_.assign(size, 0);
+  chain_start_.assign(size, 0);
+  chain_writable_.assign(size, 0);
   pop_history_.assign(size, 0);
   shadow_used_.assign(size, UsedElem{});
   size_ = size;
@@ -144,6 +152,8 @@ void PackedQueue::reset() noexcept {
   size_ = 0;
   addresses_ = {};
   event_idx_ = false;
+  in_order_ = false;
+  write_mask_ = kVringDescFWrite;
   call_fd_ = -1;
   base_ = kPackedInitialBase;
   table_ = nullptr;
@@ -161,6 +171,8 @@ void PackedQueue::reset() noexcept {
   signalled_valid_ = false;
   notifications_enabled_ = true;
   chain_slots_.clear();
+  chain_start_.clear();
+  chain_writable_.clear();
   pop_history_.clear();
   pop_head_ = 0;
   rewindable_ = 0;
@@ -258,14 +270,14 @@ bool PackedQueue::pop(DescriptorChain& chain) noexcept {
                     d.id < size_ && chain_slots_[d.id] == 0 && in_flight() < size_)) {
     std::uint8_t* host = table_->translate_gpa(d.addr, d.len, desc_hint_);
     if (VHOSTD_LIKELY(host != nullptr)) {
-      const bool writable = (head_flags & kVringDescFWrite) != 0;
+      const bool writable = (head_flags & write_mask_) != 0;
       chain.segments[0] = ChainSegment{host, d.addr, d.len};
       chain.head = d.id;
       chain.num_readable = writable ? 0 : 1;
       chain.num_writable = writable ? 1 : 0;
       chain.readable_bytes = writable ? 0 : d.len;
       chain.writable_bytes = writable ? d.len : 0;
-      finish_pop(d.id, 1);
+      finish_pop(d.id, 1, writable);
       return true;
     }
   }
@@ -314,11 +326,11 @@ bool PackedQueue::pop(DescriptorChain& chain) noexcept {
       for (std::uint32_t i = 0; i < entries; ++i) {
         const PackedDesc e = read_desc(&table[i]);
         if (VHOSTD_UNLIKELY(e.flags & kVringDescFIndirect)) return fail(RingError::indirect_nested);
-        if (!add_buffer(e.addr, e.len, (e.flags & kVringDescFWrite) != 0)) return false;
+        if (!add_buffer(e.addr, e.len, (e.flags & write_mask_) != 0)) return false;
       }
       break;  // d.id is the chain's id: the INDIRECT descriptor is its last (only) one
     }
-    if (!add_buffer(d.addr, d.len, (d.flags & kVringDescFWrite) != 0)) return false;
+    if (!add_buffer(d.addr, d.len, (d.flags & write_mask_) != 0)) return false;
     if ((d.flags & kVringDescFNext) == 0) break;
     if (VHOSTD_UNLIKELY(slots == size_)) return fail(RingError::chain_loop);
     pos = advance(pos, 1);
@@ -338,12 +350,15 @@ bool PackedQueue::pop(DescriptorChain& chain) noexcept {
   chain.num_writable = static_cast<std::uint16_t>(count - num_readable);
   chain.readable_bytes = static_cast<std::uint32_t>(readable_bytes);
   chain.writable_bytes = static_cast<std::uint32_t>(writable_bytes);
-  finish_pop(d.id, slots);
+  // seen_writable: the last buffer's WRITE, so any buffer's (readable never follows).
+  finish_pop(d.id, slots, seen_writable);
   return true;
 }
 
-void PackedQueue::finish_pop(std::uint16_t id, std::uint32_t slots) noexcept {
+void PackedQueue::finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept {
   chain_slots_[id] = static_cast<std::uint16_t>(slots);
+  chain_start_[id] = static_cast<std::uint16_t>(avail_pos_);
+  chain_writable_[id] = writable ? 1 : 0;
   pop_history_[pop_head_] = id;
   pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
   if (rewindable_ < size_) ++rewindable_;
@@ -387,13 +402,44 @@ void PackedQueue::push_used(std::uint16_t id, std::uint32_t len) noexcept {
   // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot fill;
   // publish rather than overflow should that ever be wrong.
   if (VHOSTD_UNLIKELY(shadow_count_ == size_)) flush_used();
-  shadow_used_[shadow_count_++] = UsedElem{id, chain_slots_[id], len};
+  shadow_used_[shadow_count_++] = UsedElem{id, chain_slots_[id], len, chain_start_[id], chain_writable_[id]};
   shadow_slots_ += chain_slots_[id];
   chain_slots_[id] = 0;
 }
 
+std::uint32_t PackedQueue::fold_in_order() noexcept {
+  std::uint32_t out = 0;
+  std::uint32_t pos = used_pos_;  // where the next used descriptor goes
+  for (std::uint32_t i = 0; i < shadow_count_;) {
+    std::uint32_t last = i;
+    std::uint32_t slots = shadow_used_[i].slots;
+    if (shadow_used_[i].start == pos) {
+      // Extend while the current element may be skipped (read-only chain, nothing written)
+      // and the next one is the chain popped right after it (starts where it ends).
+      std::uint32_t next = advance(pos, slots);
+      while (last + 1 < shadow_count_ && shadow_used_[last].len == 0 && shadow_used_[last].writable == 0 &&
+             shadow_used_[last + 1].start == next) {
+        ++last;
+        slots += shadow_used_[last].slots;
+        next = advance(next, shadow_used_[last].slots);
+      }
+    }
+    // out <= i <= last: the in-place copy never overwrites an element still to be read. The
+    // run's slots never exceed the slots in flight (at most size_), so they fit 16 bits.
+    shadow_used_[out] = shadow_used_[last];
+    shadow_used_[out].slots = static_cast<std::uint16_t>(slots);
+    ++out;
+    pos = advance(pos, slots);
+    i = last + 1;
+  }
+  return out;
+}
+
 void PackedQueue::flush_used() noexcept {
   if (shadow_count_ == 0 || error_ != RingError::none || desc_ == nullptr) return;
+  // IN_ORDER: runs become one element each, skipping the slots of the whole run; the loops
+  // below then write and log exactly the used descriptors that remain.
+  if (in_order_) shadow_count_ = fold_in_order();
   const std::uint32_t first_pos = used_pos_;
   std::uint32_t pos = first_pos;
   std::uint16_t first_flags = 0;

@@ -9,6 +9,11 @@
 //   - A chain of more than 4 GiB in either direction is chain_too_long (the totals are u32).
 //   - The ring areas must have the spec's alignment (desc 16, avail 2, used 4); else
 //     ring_address.
+//   - IN_ORDER batching (§2.7.9) only folds chains the device could not write (no WRITE
+//     descriptor, used len 0): DPDK's virtio PMD reads every used entry's len on its RX paths,
+//     and a read-only chain is "used completely" by definition. A run is folded only when each
+//     element is the chain popped at the used index it takes; a device pushing out of pop
+//     order gets one entry per element.
 #include "vhostd/virtqueue/split_queue.hpp"
 
 #include <algorithm>
@@ -139,6 +144,8 @@ void SplitQueue::set_size(std::uint32_t size) {
     throw_error("virtqueue size ", size, " is not a power of two in [1, ", kMaxQueueSize, "]");
   }
   shadow_used_.assign(size, VringUsedElem{});
+  shadow_offset_.assign(size, 0);
+  popped_.assign(size, PopRecord{0, 0});
   shadow_count_ = 0;
   size_ = size;
   table_ = nullptr;  // the area sizes changed: re-translate on the next poll
@@ -187,6 +194,8 @@ void SplitQueue::reset() noexcept {
   size_ = 0;
   addresses_ = {};
   event_idx_ = false;
+  in_order_ = false;
+  write_mask_ = kVringDescFWrite;
   call_fd_ = -1;
   table_ = nullptr;
   desc_ = nullptr;
@@ -200,6 +209,8 @@ void SplitQueue::reset() noexcept {
   signalled_used_valid_ = false;
   notifications_enabled_ = true;
   shadow_used_.clear();
+  shadow_offset_.clear();
+  popped_.clear();
   shadow_count_ = 0;
   error_ = RingError::none;
 }
@@ -276,14 +287,14 @@ bool SplitQueue::pop(DescriptorChain& chain) noexcept {
   if (VHOSTD_LIKELY((first.flags & (kVringDescFNext | kVringDescFIndirect)) == 0 && first.len != 0)) {
     std::uint8_t* host = table_->translate_gpa(first.addr, first.len, desc_hint_);
     if (VHOSTD_LIKELY(host != nullptr)) {
-      const bool writable = (first.flags & kVringDescFWrite) != 0;
+      const bool writable = (first.flags & write_mask_) != 0;
       chain.segments[0] = ChainSegment{host, first.addr, first.len};
       chain.head = head;
       chain.num_readable = writable ? 0 : 1;
       chain.num_writable = writable ? 1 : 0;
       chain.readable_bytes = writable ? 0 : first.len;
       chain.writable_bytes = writable ? first.len : 0;
-      finish_pop();
+      finish_pop(head, writable);
       return true;
     }
   }
@@ -319,7 +330,7 @@ bool SplitQueue::pop(DescriptorChain& chain) noexcept {
       continue;
     }
 
-    const bool writable = (d.flags & kVringDescFWrite) != 0;
+    const bool writable = (d.flags & write_mask_) != 0;
     if (VHOSTD_UNLIKELY(!writable && seen_writable)) return fail(RingError::readable_after_writable);
     seen_writable = writable;
 
@@ -353,11 +364,13 @@ bool SplitQueue::pop(DescriptorChain& chain) noexcept {
   chain.num_writable = static_cast<std::uint16_t>(count - num_readable);
   chain.readable_bytes = static_cast<std::uint32_t>(readable_bytes);
   chain.writable_bytes = static_cast<std::uint32_t>(writable_bytes);
-  finish_pop();
+  // seen_writable: the last descriptor's WRITE, so any descriptor's (readable never follows).
+  finish_pop(head, seen_writable);
   return true;
 }
 
-void SplitQueue::finish_pop() noexcept {
+void SplitQueue::finish_pop(std::uint16_t head, bool writable) noexcept {
+  popped_[last_avail_idx_ & (size_ - 1)] = PopRecord{head, static_cast<std::uint16_t>(writable)};
   ++last_avail_idx_;
   stats_.add(stats_.requests, 1);
   if (event_idx_ && notifications_enabled_) {
@@ -388,16 +401,66 @@ void SplitQueue::log_used(std::uint64_t offset, std::uint64_t len) noexcept {
   }
 }
 
+std::uint32_t SplitQueue::fold_in_order() noexcept {
+  const std::uint32_t mask = size_ - 1;
+  // Whether staged element k is the chain popped at the used index it takes (used_idx_ + k):
+  // that index must have been popped (at most size_ before last_avail_idx_) and its record
+  // name the same head.
+  auto in_place = [&](std::uint32_t k) noexcept {
+    const auto at = static_cast<std::uint16_t>(used_idx_ + k);
+    const auto behind = static_cast<std::uint16_t>(last_avail_idx_ - at);
+    return behind != 0 && behind <= size_ && popped_[at & mask].head == shadow_used_[k].id;
+  };
+  std::uint32_t out = 0;
+  for (std::uint32_t i = 0; i < shadow_count_;) {
+    std::uint32_t last = i;
+    if (in_place(i)) {
+      // Extend while the current element may be skipped (read-only chain, nothing written)
+      // and the next one is the next chain popped.
+      while (last + 1 < shadow_count_ && shadow_used_[last].len == 0 &&
+             popped_[(used_idx_ + last) & mask].writable == 0 && in_place(last + 1)) {
+        ++last;
+      }
+    }
+    // out <= i <= last: the in-place copy never overwrites an element still to be read.
+    shadow_used_[out] = shadow_used_[last];
+    shadow_offset_[out] = static_cast<std::uint16_t>(i);
+    ++out;
+    i = last + 1;
+  }
+  return out;
+}
+
 void SplitQueue::flush_used() noexcept {
   if (shadow_count_ == 0 || error_ != RingError::none || used_ == nullptr) return;
   auto* ring = reinterpret_cast<VringUsedElem*>(used_ + kUsedRingOffset);
   const std::uint32_t start = used_idx_ & (size_ - 1);
+  const auto new_used_idx = static_cast<std::uint16_t>(used_idx_ + shadow_count_);
+
+  if (in_order_) {
+    // One entry per folded run, at the run's first used index; the entries between are not
+    // written (the driver takes them as used, in order, from the advanced used idx).
+    const std::uint32_t entries = fold_in_order();
+    for (std::uint32_t e = 0; e < entries; ++e) {
+      ring[(start + shadow_offset_[e]) & (size_ - 1)] = shadow_used_[e];
+    }
+    // Release: the used entries above are visible before the driver can see the new used idx.
+    std::atomic_ref<std::uint16_t>(used_u16(used_, kUsedIdxOffset)).store(new_used_idx, std::memory_order_release);
+    for (std::uint32_t e = 0; e < entries; ++e) {
+      log_used(kUsedRingOffset + ((start + shadow_offset_[e]) & (size_ - 1)) * sizeof(VringUsedElem),
+               sizeof(VringUsedElem));
+    }
+    log_used(kUsedIdxOffset, 2);
+    used_idx_ = new_used_idx;
+    shadow_count_ = 0;
+    return;
+  }
+
   const std::uint32_t first = std::min(shadow_count_, size_ - start);
   const std::uint32_t rest = shadow_count_ - first;
   std::memcpy(ring + start, shadow_used_.data(), first * sizeof(VringUsedElem));
   if (rest != 0) std::memcpy(ring, shadow_used_.data() + first, rest * sizeof(VringUsedElem));
 
-  const auto new_used_idx = static_cast<std::uint16_t>(used_idx_ + shadow_count_);
   // Release: the used elements above are visible before the driver can see the new used idx.
   std::atomic_ref<std::uint16_t>(used_u16(used_, kUsedIdxOffset)).store(new_used_idx, std::memory_order_release);
 

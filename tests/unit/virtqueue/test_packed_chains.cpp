@@ -176,6 +176,38 @@ TEST(PackedQueueChains, IndirectTableFlagsOtherThanWriteAreIgnored) {
   EXPECT_FALSE(h.queue.in_error());
 }
 
+// DPDK's virtio PMD builds its packed indirect TX tables with the virtio-net header entry
+// marked WRITE, followed by the (readable) frame: a hostile order on a ring that may carry
+// writable buffers, the expected shape on one the device only reads (a net TX ring).
+TEST(PackedQueueChains, ReadableOnlyRingIgnoresWriteFlags) {
+  PackedHarness h(16);
+  const std::uint64_t buf = h.buffer(256);
+  const std::vector<DriverBuffer> dpdk_tx = {{buf, 12, true}, {buf + 12, 64, false}, {buf + 76, 936, false}};
+  h.queue.set_readable_only(true);
+  for (int lap = 0; lap < 40; ++lap) {
+    const std::uint16_t id = h.ring->add_indirect(dpdk_tx, h.buffer(3 * 16), std::nullopt, true);
+    DescriptorChain chain;
+    ASSERT_TRUE(h.pop_one(chain)) << lap;
+    EXPECT_EQ(chain.head, id);
+    EXPECT_EQ(chain.num_readable, 3);
+    EXPECT_EQ(chain.num_writable, 0);
+    EXPECT_EQ(chain.readable_bytes, 12u + 64u + 936u);
+    EXPECT_EQ(h.complete(chain.head, 0)->id, id);
+  }
+  EXPECT_FALSE(h.queue.in_error());
+
+  // The same table on an ordinary ring is a readable descriptor after a writable one.
+  PackedHarness strict(16);
+  strict.ring->add_indirect(dpdk_tx, strict.buffer(3 * 16), std::nullopt, true);
+  DescriptorChain chain;
+  EXPECT_FALSE(strict.pop_one(chain));
+  EXPECT_EQ(strict.queue.error(), RingError::readable_after_writable);
+  // reset() forgets the setting.
+  h.queue.reset();
+  attach(h.queue, *h.ring, h.memory);
+  EXPECT_FALSE(h.queue.in_error());
+}
+
 TEST(PackedQueueChains, ZeroLengthDescriptorsYieldNoSegment) {
   PackedHarness h;
   const std::uint64_t r = h.buffer(16, pattern(16, 6)), w = h.buffer(32);

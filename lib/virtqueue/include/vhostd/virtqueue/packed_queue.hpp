@@ -4,9 +4,10 @@
 // driver's ring wrap counter into the same DescriptorChain the split ring produces (chains
 // over consecutive slots and across the ring's end, indirect tables, buffer ids that are not
 // slots) with every hostile-ring check; used descriptors staged and published a batch at a
-// time (the first element's flags written last); event suppression both ways (ENABLE,
-// DISABLE, and DESC offsets with EVENT_IDX); the vhost-user packed vring base encoding; the
-// per-ring error state and counters.
+// time (the first element's flags written last; with VIRTIO_F_IN_ORDER a run of read-only
+// chains used in pop order written as one used descriptor); event suppression both ways
+// (ENABLE, DISABLE, and DESC offsets with EVENT_IDX); the vhost-user packed vring base
+// encoding; the per-ring error state and counters.
 //
 // The data-path interface is SplitQueue's, so a device is written once against either layout
 // (DataPathQueue below states it). The control-path differences: the queue size need not be a
@@ -81,8 +82,8 @@ constexpr std::uint16_t packed_used_flags(bool wrap) {
 // before (new_idx, new_wrap) include the slot `off_wrap` names. A ring position and its wrap
 // counter repeat every 2 * size slots, so positions are compared on that cycle (the packed
 // form of vring_need_event; Linux and DPDK subtract the size when the wrap counters differ,
-// which is the same thing). Used descriptors a chain skips count as written: an event offset
-// on a skipped slot fires when the chain's used element is published.
+// which is the same thing). Used descriptors a chain (or an IN_ORDER batch) skips count as
+// written: an event offset on a skipped slot fires when the used element is published.
 constexpr bool packed_need_event(std::uint16_t off_wrap, std::uint16_t new_idx, bool new_wrap,
                                  std::uint64_t written, std::uint32_t size) {
   const std::uint32_t cycle = 2 * size;
@@ -113,6 +114,20 @@ class PackedQueue {
     table_ = nullptr;
   }
   void set_event_idx(bool enabled) noexcept { event_idx_ = enabled; }
+  // VIRTIO_F_IN_ORDER negotiated: flush_used() may write a run of staged elements as one
+  // used descriptor (the spec's packed "In-order use of descriptors"): at the slot of the
+  // run's first chain, with the last chain's buffer id and len; the slots of every chain of
+  // the run are skipped (and count as used for event suppression). A run is consecutive
+  // elements, each the chain that starts at the slot the previous one ends on (the device
+  // used them in pop order), every one but the last a chain without writable descriptors
+  // pushed with len 0 (so "used completely" holds and no driver needs its len). Anything else
+  // gets its own used descriptor.
+  void set_in_order(bool enabled) noexcept { in_order_ = enabled; }
+  // The device only reads this ring's buffers (a net TX ring): WRITE flags are ignored and
+  // every descriptor counts as device-readable. DPDK's virtio PMD marks the virtio-net header
+  // entry of its packed indirect TX tables WRITE (vring_desc_init_indirect_packed); DPDK's own
+  // backend ignores the flag on such rings, and so does a ring set so. Off after reset().
+  void set_readable_only(bool on) noexcept { write_mask_ = on ? 0 : kVringDescFWrite; }
   // SET_VRING_BASE for packed rings: bits 0-14 the next avail slot, bit 15 the driver ring
   // wrap counter; bits 16-30 / 31 the next used slot and the device ring wrap counter. When
   // bits 16-31 are all zero the frontend did not send them (DPDK's and older QEMU's form) and
@@ -132,6 +147,7 @@ class PackedQueue {
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
+  bool in_order() const noexcept { return in_order_; }
   const VringAddresses& addresses() const noexcept { return addresses_; }
   bool in_error() const noexcept { return error_ != RingError::none; }
   RingError error() const noexcept { return error_; }
@@ -184,11 +200,15 @@ class PackedQueue {
   static constexpr std::uint32_t kPollWindow = 64;
 
  private:
-  // A staged used element: the buffer id, the slots its chain took, the bytes written.
+  // A staged used element: the buffer id, the slots its chain took (after folding: the slots
+  // the used descriptor skips), the bytes written, and for IN_ORDER the position its chain
+  // started at and whether it had a writable descriptor.
   struct UsedElem {
     std::uint16_t id;
     std::uint16_t slots;
     std::uint32_t len;
+    std::uint16_t start;
+    std::uint8_t writable;
   };
 
   // Ring positions run over [0, 2 * size): slot `pos mod size`, wrap counter 1 on the first
@@ -217,7 +237,9 @@ class PackedQueue {
 
   bool refresh_table() noexcept;
   bool fail(RingError error) noexcept;
-  void finish_pop(std::uint16_t id, std::uint32_t slots) noexcept;
+  void finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept;
+  // IN_ORDER: folds runs of shadow_used_ into single elements in place; returns how many remain.
+  std::uint32_t fold_in_order() noexcept;
   void publish_avail_event() noexcept;
   void write_device_flags(std::uint16_t flags) noexcept;
   void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
@@ -226,6 +248,8 @@ class PackedQueue {
   std::uint32_t size_ = 0;
   VringAddresses addresses_{};
   bool event_idx_ = false;
+  bool in_order_ = false;
+  std::uint16_t write_mask_ = kVringDescFWrite;  // 0: set_readable_only()
   int call_fd_ = -1;
   const GuestMemory* memory_ = nullptr;
   std::uint32_t base_ = kPackedInitialBase;  // last SET_VRING_BASE, used half filled in
@@ -253,6 +277,10 @@ class PackedQueue {
 
   // per buffer id: slots its outstanding chain took (0: not outstanding); sized at set_size()
   std::vector<std::uint16_t> chain_slots_;
+  // per buffer id, for IN_ORDER runs: the position its outstanding chain starts at, and
+  // whether it had a writable descriptor; sized at set_size(), written by every pop
+  std::vector<std::uint16_t> chain_start_;
+  std::vector<std::uint8_t> chain_writable_;
   // ids of the last chains popped, newest at pop_head_ - 1 (for rewind)
   std::vector<std::uint16_t> pop_history_;
   std::uint32_t pop_head_ = 0;

@@ -2,7 +2,8 @@
 //
 // Owns: the split-ring layout, walking descriptor chains (direct and indirect) into readable
 // and writable segments with every hostile-ring check of the conformance list, used-ring
-// updates through a shadow batch, EVENT_IDX / NO_INTERRUPT suppression, avail_event
+// updates through a shadow batch (with VIRTIO_F_IN_ORDER, a run of read-only chains used in
+// pop order written as one used entry), EVENT_IDX / NO_INTERRUPT suppression, avail_event
 // publication, and the per-ring error state and counters.
 //
 // Threading: a SplitQueue has one owner at a time (the poller while the ring runs, the control
@@ -181,6 +182,19 @@ class SplitQueue {
   void set_addresses(const VringAddresses& addresses) noexcept;
   void set_memory(const GuestMemory* memory) noexcept { memory_ = memory; table_ = nullptr; }
   void set_event_idx(bool enabled) noexcept { event_idx_ = enabled; }
+  // VIRTIO_F_IN_ORDER negotiated: flush_used() may write a run of staged elements as one used
+  // entry (virtio 1.2 §2.7.9, "In-order use of descriptors"): at the run's first used index,
+  // carrying the last element's id and len, the used idx advanced past the whole run. A run
+  // is consecutive elements, each the chain popped at the used index it takes (the device
+  // used them in pop order), every one but the last a chain without writable descriptors
+  // pushed with len 0 (so "used completely" holds and no driver needs its len). Anything
+  // else gets its own entry.
+  void set_in_order(bool enabled) noexcept { in_order_ = enabled; }
+  // The device only reads this ring's buffers (a net TX ring): WRITE flags are ignored and
+  // every descriptor counts as device-readable. DPDK's virtio PMD marks the virtio-net header
+  // entry of its packed indirect TX tables WRITE (vring_desc_init_indirect_packed); DPDK's own
+  // backend ignores the flag on such rings, and so does a ring set so. Off after reset().
+  void set_readable_only(bool on) noexcept { write_mask_ = on ? 0 : kVringDescFWrite; }
   // SET_VRING_BASE: next avail index to read; the used index restarts from the same value.
   void set_last_avail_idx(std::uint16_t idx) noexcept;
   std::uint16_t last_avail_idx() const noexcept { return last_avail_idx_; }
@@ -194,6 +208,7 @@ class SplitQueue {
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
+  bool in_order() const noexcept { return in_order_; }
   const VringAddresses& addresses() const noexcept { return addresses_; }
   bool in_error() const noexcept { return error_ != RingError::none; }
   RingError error() const noexcept { return error_; }
@@ -236,8 +251,11 @@ class SplitQueue {
 
  private:
   bool refresh_table() noexcept;
-  // The bookkeeping of a successful pop(): index, counter, avail_event.
-  void finish_pop() noexcept;
+  // The bookkeeping of a successful pop(): pop record, index, counter, avail_event.
+  void finish_pop(std::uint16_t head, bool writable) noexcept;
+  // IN_ORDER: folds runs of shadow_used_ into single entries in place; returns how many
+  // entries remain (their used-ring offsets from used_idx_ in shadow_offset_).
+  std::uint32_t fold_in_order() noexcept;
   bool fail(RingError error) noexcept;
   void log_used(std::uint64_t offset, std::uint64_t len) noexcept;
 
@@ -245,6 +263,8 @@ class SplitQueue {
   std::uint32_t size_ = 0;
   VringAddresses addresses_{};
   bool event_idx_ = false;
+  bool in_order_ = false;
+  std::uint16_t write_mask_ = kVringDescFWrite;  // 0: set_readable_only()
   int call_fd_ = -1;
   const GuestMemory* memory_ = nullptr;
 
@@ -266,6 +286,15 @@ class SplitQueue {
 
   std::vector<VringUsedElem> shadow_used_;  // sized at set_size(); staged elements
   std::uint32_t shadow_count_ = 0;
+
+  // What was popped at each avail index (slot idx mod size), for IN_ORDER runs: the head and
+  // whether its chain had a writable descriptor. Sized at set_size(); written by every pop.
+  struct PopRecord {
+    std::uint16_t head;
+    std::uint16_t writable;
+  };
+  std::vector<PopRecord> popped_;
+  std::vector<std::uint16_t> shadow_offset_;  // IN_ORDER: folded entry -> used idx offset
 
   RingError error_ = RingError::none;
   RingStats stats_;
