@@ -10,7 +10,10 @@
 //     buffer left for the next packet.
 //   - NET_SET_MTU is recorded and reported in config space; frames are not cut to it.
 //   - VIRTIO_F_IN_ORDER is offered: buffers are always used in the order they were made
-//     available (one used element per chain; batching them into one is a later step).
+//     available, so the queues report a burst of guest TX chains with one used entry.
+//   - Guest TX rings are readable-only (set_readable_only): a WRITE flag there is ignored, as
+//     DPDK's backend does; DPDK's virtio PMD sets it on the header entry of its packed
+//     indirect TX tables.
 #include "vhostd/net/net_port.hpp"
 
 #include <algorithm>
@@ -328,6 +331,11 @@ void NetPort::reset() {
   status_.store(kNetSLinkUp, std::memory_order_relaxed);
   announce_mac_.store(0, std::memory_order_relaxed);  // meant for the guest that left
   rx_mode_ = 0;
+}
+
+void NetPort::queue_started(std::uint16_t index, VringState& ring) {
+  const bool guest_tx = index != ctrl_ring() && index % 2 == 1;
+  ring.visit([&](auto& queue) { queue.set_readable_only(guest_tx); });
 }
 
 bool NetPort::queue_polled(std::uint16_t index) const {

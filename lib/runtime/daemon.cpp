@@ -9,6 +9,8 @@ namespace vhostd {
 
 namespace {
 constexpr std::chrono::milliseconds kMaxReconnectDelay{1000};
+// How often a connected daemon looks for rings the guest broke (Session::check_ring_errors).
+constexpr std::chrono::milliseconds kRingCheckPeriod{100};
 }
 
 Daemon::Daemon(std::string name, std::shared_ptr<Backend> backend, Runtime& runtime)
@@ -157,6 +159,14 @@ void Daemon::attach(UniqueFd connection) {
   connections_.fetch_add(1, std::memory_order_acq_rel);
   connected_.store(true, std::memory_order_release);
   log_info(name_, ": frontend connected");
+  ring_check_timer_ = runtime_.control().add_timer(kRingCheckPeriod, [this] { check_rings(); });
+}
+
+void Daemon::check_rings() {
+  ring_check_timer_ = 0;
+  if (!session_) return;
+  session_->check_ring_errors();
+  ring_check_timer_ = runtime_.control().add_timer(kRingCheckPeriod, [this] { check_rings(); });
 }
 
 void Daemon::on_connection_ready() {
@@ -188,6 +198,8 @@ void Daemon::disconnect(const std::string& reason) {
   if (!connection_) return;
   log_info(name_, ": disconnecting: ", reason);
   runtime_.control().unwatch(connection_.get());
+  if (ring_check_timer_) runtime_.control().cancel_timer(ring_check_timer_);
+  ring_check_timer_ = 0;
   session_.reset();  // stops rings, unmaps memory, closes ring fds, resets the backend
   connection_.reset();
   connected_.store(false, std::memory_order_release);

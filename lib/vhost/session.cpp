@@ -24,6 +24,13 @@ constexpr std::uint64_t kDeviceProtocolFeatures =
 
 constexpr bool is_power_of_two(std::uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
+// Every error the ring's owner counted so far (relaxed: a monotonic counter, read anywhere).
+std::uint64_t error_count(const RingStats& stats) {
+  std::uint64_t n = 0;
+  for (const auto& e : stats.errors) n += e.load(std::memory_order_relaxed);
+  return n;
+}
+
 // Requests whose reply carries a body: a failure still answers, with an empty body.
 bool has_reply_body(Request request) {
   switch (request) {
@@ -249,9 +256,16 @@ void Session::set_features(std::uint64_t features) {
       }
     }
   }
+  const bool changed = !features_set_ || features != acked_features_;
   acked_features_ = features;
   features_set_ = true;
   if (layout != layout_) set_layout(layout);
+  if (changed) {
+    log_info(name_, ": features 0x", std::hex, features, std::dec, ": ",
+             layout == RingLayout::packed ? "packed" : "split", " rings",
+             (features & kVirtioFInOrder) ? ", in-order" : "", (features & kVirtioFRingEventIdx) ? ", event-idx" : "",
+             (features & kVirtioFRingIndirectDesc) ? ", indirect" : "", (features & kVirtioFLogAll) ? ", log-all" : "");
+  }
   // Toggling LOG_ALL is how migration starts and ends: it must never stop or reset a ring.
   memory_.set_log_all((features & kVirtioFLogAll) != 0);
   backend_.acked_features(features);
@@ -511,6 +525,7 @@ void Session::start_ring(std::uint16_t index) {
       }
       queue.set_memory(&memory_);
       queue.set_event_idx((acked_features_ & kVirtioFRingEventIdx) != 0);
+      queue.set_in_order((acked_features_ & kVirtioFInOrder) != 0);
       // The poller spins on the ring: guest kicks would only cost the guest exits.
       queue.disable_notifications();
       return true;
@@ -519,8 +534,30 @@ void Session::start_ring(std::uint16_t index) {
     return configured;
   });
   if (!ok) return;
+  slot.errors_at_start = error_count(slot.vring->unlocked().stats());
   host_.start_polling(index, *slot.vring);
   slot.polled = true;
+}
+
+std::size_t Session::check_ring_errors() {
+  std::size_t stopped = 0;
+  for (std::uint16_t i = 0; i < rings_.size(); ++i) {
+    RingSlot& slot = rings_[i];
+    // The counters are atomics the owner bumps when it puts the ring in error: safe to read
+    // while the ring runs (its error field is not, until the ring is off the data path).
+    if (!slot.polled || error_count(slot.vring->unlocked().stats()) == slot.errors_at_start) continue;
+    host_.stop_polling(i, *slot.vring);
+    slot.polled = false;
+    slot.vring->with_mut([&](VringState& ring) {
+      backend_.queue_stopped(i, ring);
+      log_warning(name_, ": ring ", i, " stopped: the guest broke its ", ring.packed() ? "packed" : "split",
+                  " ring (", to_string(ring.error()), "); it stays stopped until the frontend resets it");
+      if (ring.err_fd() >= 0) eventfd_signal(ring.err_fd());
+    });
+    ++broken_rings_;
+    ++stopped;
+  }
+  return stopped;
 }
 
 void Session::stop_ring(std::uint16_t index) {

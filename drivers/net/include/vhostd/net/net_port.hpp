@@ -178,6 +178,7 @@ class NetPort : public Backend {
   void set_mtu(std::uint16_t mtu) override;
   void send_rarp(const std::uint8_t (&mac)[6]) override;
   void reset() override;
+  void queue_started(std::uint16_t index, VringState& ring) override;
   bool queue_polled(std::uint16_t index) const override;
   void ring_attached(std::uint16_t index, VringState& ring) override;
   void ring_detached(std::uint16_t index) override;

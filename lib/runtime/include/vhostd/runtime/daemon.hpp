@@ -81,6 +81,8 @@ class Daemon : private RingHost {
   void attach(UniqueFd connection);
   void disconnect(const std::string& reason);
   void try_connect();
+  // While connected: looks for rings the guest broke every kRingCheckPeriod.
+  void check_rings();
   void shutdown();
 
   std::string name_;
@@ -93,6 +95,7 @@ class Daemon : private RingHost {
   std::string client_path_;
   std::chrono::milliseconds reconnect_delay_{10};
   std::uint64_t reconnect_timer_ = 0;
+  std::uint64_t ring_check_timer_ = 0;
   UniqueFd connection_;
   MessageReader reader_;
   std::unique_ptr<Session> session_;

@@ -60,6 +60,11 @@ class Session {
   std::optional<Message> handle(Message& message);
   // The kick fd of ring `index` became readable (the first kick starts the ring).
   void on_kick(std::uint16_t index);
+  // Control lcore, every so often while connected: a running ring the guest broke (a hostile
+  // descriptor, see RingError) is taken off the data path, the reason logged and the ring's
+  // error eventfd (SET_VRING_ERR) signalled. It stays stopped until the frontend reconfigures
+  // it or resets the device; the other rings keep running. Returns how many it stopped.
+  std::size_t check_ring_errors();
   // Frontend gone: rings stopped, memory unmapped, every fd closed, backend reset. The session
   // is then back in its initial state, ready for a new connection.
   void teardown();
@@ -78,6 +83,8 @@ class Session {
   std::uint64_t offered_protocol_features() const noexcept;
   // Counts requests answered with an error (for stats and tests).
   std::uint64_t failed_requests() const noexcept { return failed_requests_; }
+  // Rings stopped by check_ring_errors() on this connection.
+  std::uint64_t broken_rings() const noexcept { return broken_rings_; }
 
  private:
   struct RingSlot {
@@ -90,6 +97,7 @@ class Session {
     bool polled = false;
     bool kick_watched = false;
     bool kick_nofd = false;
+    std::uint64_t errors_at_start = 0;  // the ring's error counters when it was last started
   };
 
   std::optional<Message> dispatch(Message& message);
@@ -133,6 +141,7 @@ class Session {
   std::uint8_t status_ = 0;
   UniqueFd log_call_fd_;  // SET_LOG_FD
   std::uint64_t failed_requests_ = 0;
+  std::uint64_t broken_rings_ = 0;
 };
 
 }  // namespace vhostd

@@ -41,6 +41,9 @@ class VringState {
     split_.reset();
     packed_.reset();
     layout_ = layout;
+    // The call fd was set before (frontends send SET_VRING_CALL before SET_FEATURES).
+    split_.set_call_fd(call_.get());
+    packed_.set_call_fd(call_.get());
   }
   // Runs fn(SplitQueue&) or fn(PackedQueue&), whichever the ring is.
   template <typename Fn>
