@@ -10,6 +10,13 @@
 // writes descriptors, then the avail entry, then release-stores avail idx, exactly as a guest
 // does. Raw accessors (desc(), publish_head(), set_avail_idx(), ...) let hostile-ring tests
 // write anything at all. Header-only; failures of the test's own setup throw vhostd::Error.
+//
+// VIRTIO_F_IN_ORDER (set_in_order()): descriptors are taken in table order (from slot 0,
+// wrapping at the end of the table) instead of from a free stack, as the spec requires of the
+// driver, and pop_used() accepts the device's batched form: one used element, written where
+// the run's first buffer's element goes, naming the head of the run's LAST buffer, with the used
+// idx advanced by the whole run. pop_used() then still returns one element per buffer, oldest
+// first (len 0 for every buffer of the run but the last), so callers never see the difference.
 #pragma once
 
 #include <fcntl.h>
@@ -19,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -221,15 +229,19 @@ class DriverRing {
 
   // ---- the well-behaved driver ----
 
+  // VIRTIO_F_IN_ORDER negotiated: descriptors in table order, batched used elements accepted
+  // (see the top of this file). Only while nothing is outstanding.
+  void set_in_order(bool on) {
+    if (in_flight() != 0) throw_error("DriverRing: set_in_order with ", in_flight(), " buffers outstanding");
+    in_order_ = on;
+  }
+  bool in_order() const noexcept { return in_order_; }
+
   // Writes the chain into free descriptors, then its avail entry, then publishes avail idx.
   // Returns the head. Throws if not enough descriptors are free.
   std::uint16_t add_chain(std::span<const DriverBuffer> buffers) {
-    if (buffers.empty() || buffers.size() > free_.size()) throw_error("DriverRing: cannot add ", buffers.size(), " descriptors");
-    std::vector<std::uint16_t> ids(buffers.size());
-    for (auto& id : ids) {
-      id = free_.back();
-      free_.pop_back();
-    }
+    if (buffers.empty() || buffers.size() > num_free()) throw_error("DriverRing: cannot add ", buffers.size(), " descriptors");
+    std::vector<std::uint16_t> ids = take_descriptors(buffers.size());
     for (std::size_t i = 0; i < buffers.size(); ++i) {
       const bool last = i + 1 == buffers.size();
       desc(ids[i]) = VringDesc{buffers[i].gpa, buffers[i].len,
@@ -239,6 +251,7 @@ class DriverRing {
     }
     const std::uint16_t head = ids[0];
     chains_[head] = std::move(ids);
+    outstanding_.push_back(head);
     publish_head(head);
     return head;
   }
@@ -250,7 +263,7 @@ class DriverRing {
   // region) and publishes one INDIRECT descriptor pointing at it. Returns the head.
   std::uint16_t add_indirect(std::span<const DriverBuffer> buffers, std::uint64_t table_gpa) {
     if (memory_ == nullptr) throw_error("DriverRing: add_indirect needs the TestGuestMemory constructor");
-    if (buffers.empty() || free_.empty()) throw_error("DriverRing: cannot add an indirect chain");
+    if (buffers.empty() || num_free() == 0) throw_error("DriverRing: cannot add an indirect chain");
     auto* table = reinterpret_cast<VringDesc*>(memory_->host(table_gpa, 16 * buffers.size()));
     for (std::size_t i = 0; i < buffers.size(); ++i) {
       const bool last = i + 1 == buffers.size();
@@ -259,10 +272,10 @@ class DriverRing {
                                                       (last ? 0 : kVringDescFNext)),
                            static_cast<std::uint16_t>(last ? 0 : i + 1)};
     }
-    const std::uint16_t head = free_.back();
-    free_.pop_back();
+    const std::uint16_t head = take_descriptors(1)[0];
     desc(head) = VringDesc{table_gpa, static_cast<std::uint32_t>(16 * buffers.size()), kVringDescFIndirect, 0};
     chains_[head] = {head};
+    outstanding_.push_back(head);
     publish_head(head);
     return head;
   }
@@ -276,20 +289,66 @@ class DriverRing {
   std::uint16_t used_idx() const noexcept {
     return std::atomic_ref<std::uint16_t>(u16(used_offset(size_) + 2)).load(std::memory_order_acquire);
   }
-  // Used elements the device published that this driver has not popped yet.
-  std::uint16_t used_pending() const noexcept { return static_cast<std::uint16_t>(used_idx() - last_used_); }
-  // The next used element (its descriptors are freed when it names a chain add_* made).
+  // Used buffers the device published that this driver has not popped yet (with IN_ORDER a
+  // batched element counts for every buffer of its run, as the used idx does).
+  std::uint16_t used_pending() const noexcept {
+    return static_cast<std::uint16_t>(used_idx() - last_used_ + batched_.size());
+  }
+  // Buffers made available and not popped yet (used or not).
+  std::uint16_t in_flight() const noexcept {
+    return static_cast<std::uint16_t>(avail_idx_ - last_used_ + batched_.size());
+  }
+  // The next used element (its descriptors are freed when it names a chain add_* made). With
+  // IN_ORDER, one element per buffer even when the device batched them (see the top of this
+  // file); throws Error when a batch claims more buffers than the used idx advanced by.
   std::optional<VringUsedElem> pop_used() {
+    if (!batched_.empty()) {
+      const VringUsedElem elem = batched_.front();
+      batched_.pop_front();
+      return elem;
+    }
     if (used_idx() == last_used_) return std::nullopt;
     const VringUsedElem elem = used_elem(last_used_ & (size_ - 1));
-    ++last_used_;
-    if (elem.id < size_) {
-      for (std::uint16_t id : chains_[elem.id]) free_.push_back(id);
-      chains_[elem.id].clear();
+    ++used_entries_;
+    if (!in_order_) {
+      ++last_used_;
+      if (elem.id < size_) free_chain(static_cast<std::uint16_t>(elem.id));
+      drop_outstanding(elem.id);
+      return elem;
     }
-    return elem;
+    // In order: the element completes every outstanding chain up to the one it names.
+    std::size_t run = 0;
+    while (run < outstanding_.size() && outstanding_[run] != elem.id) ++run;
+    if (run == outstanding_.size()) {  // not a chain of ours (a hostile test's raw head)
+      ++last_used_;
+      return elem;
+    }
+    ++run;
+    const std::uint16_t published = static_cast<std::uint16_t>(used_idx() - last_used_);
+    if (published < run) {
+      throw_error("DriverRing: in-order used element at index ", last_used_, " names head ", elem.id, ", the ", run,
+                  "th buffer outstanding, but the used idx only advanced by ", published);
+    }
+    if (run > 1) ++batched_elements_;
+    for (std::size_t i = 0; i < run; ++i) {
+      const std::uint16_t head = outstanding_.front();
+      outstanding_.pop_front();
+      free_chain(head);
+      if (i + 1 < run) batched_.push_back(VringUsedElem{head, 0});
+    }
+    batched_.push_back(elem);
+    last_used_ = static_cast<std::uint16_t>(last_used_ + run);
+    const VringUsedElem first = batched_.front();
+    batched_.pop_front();
+    return first;
   }
-  std::uint32_t num_free() const noexcept { return static_cast<std::uint32_t>(free_.size()); }
+  std::uint32_t num_free() const noexcept {
+    return in_order_ ? in_order_free_ : static_cast<std::uint32_t>(free_.size());
+  }
+  // Used ring entries read so far, and how many of them covered more than one buffer (an
+  // IN_ORDER batch).
+  std::uint64_t used_entries() const noexcept { return used_entries_; }
+  std::uint64_t batched_elements() const noexcept { return batched_elements_; }
 
   // EVENT_IDX: interrupt me once the used idx passes `idx` (avail ring's trailing u16).
   void set_used_event(std::uint16_t idx) noexcept {
@@ -353,6 +412,37 @@ class DriverRing {
   std::uint16_t& u16(std::uint64_t offset) const noexcept {
     return *reinterpret_cast<std::uint16_t*>(host_ + offset);
   }
+  // `n` free descriptors: the next ones in table order with IN_ORDER, else from the stack.
+  std::vector<std::uint16_t> take_descriptors(std::size_t n) {
+    std::vector<std::uint16_t> ids(n);
+    for (auto& id : ids) {
+      if (in_order_) {
+        id = static_cast<std::uint16_t>(next_desc_);
+        next_desc_ = next_desc_ + 1 == size_ ? 0 : next_desc_ + 1;
+        --in_order_free_;
+      } else {
+        id = free_.back();
+        free_.pop_back();
+      }
+    }
+    return ids;
+  }
+  void free_chain(std::uint16_t head) {
+    if (in_order_) {
+      in_order_free_ += static_cast<std::uint32_t>(chains_[head].size());
+    } else {
+      for (std::uint16_t id : chains_[head]) free_.push_back(id);
+    }
+    chains_[head].clear();
+  }
+  void drop_outstanding(std::uint32_t head) {
+    for (auto it = outstanding_.begin(); it != outstanding_.end(); ++it) {
+      if (*it == head) {
+        outstanding_.erase(it);
+        return;
+      }
+    }
+  }
 
   std::uint8_t* host_;
   std::uint64_t gpa_;
@@ -363,6 +453,13 @@ class DriverRing {
   std::uint16_t last_used_ = 0;
   std::vector<std::uint16_t> free_;                 // free descriptor ids (a stack)
   std::vector<std::vector<std::uint16_t>> chains_;  // per head: the descriptors of its chain
+  std::deque<std::uint16_t> outstanding_;           // heads made available, oldest first
+  bool in_order_ = false;
+  std::uint32_t next_desc_ = 0;                     // IN_ORDER: the next descriptor to take
+  std::uint32_t in_order_free_ = size_;             // IN_ORDER: free descriptors
+  std::deque<VringUsedElem> batched_;               // IN_ORDER: rest of a batch, to return
+  std::uint64_t used_entries_ = 0;
+  std::uint64_t batched_elements_ = 0;
 };
 
 }  // namespace vhostd::test

@@ -414,18 +414,34 @@ std::uint64_t TestFrontend::set_log_base(int fd, std::uint64_t size, std::uint64
 
 // ---- device setup ----
 
+std::uint64_t TestFrontend::features_for(const DeviceOptions& options, std::uint64_t offered) {
+  std::uint64_t features = offered & options.feature_mask & ~(kVirtioFRingPacked | kVirtioFInOrder);
+  if (options.packed) {
+    if (!(offered & kVirtioFRingPacked)) throw_error("the daemon does not offer VIRTIO_F_RING_PACKED");
+    features |= kVirtioFRingPacked;
+  }
+  if (options.in_order) {
+    if (!(offered & kVirtioFInOrder)) throw_error("the daemon does not offer VIRTIO_F_IN_ORDER");
+    features |= kVirtioFInOrder;
+  }
+  if (options.protocol_features) {
+    features |= kProtocolFeaturesBit;
+  } else {
+    features &= ~kProtocolFeaturesBit;
+  }
+  return features;
+}
+
 std::uint64_t TestFrontend::negotiate(const DeviceOptions& options) {
   const std::uint64_t offered = get_features();
   set_owner();
-  std::uint64_t features = offered & options.feature_mask;
+  const std::uint64_t features = features_for(options, offered);
   if (options.protocol_features) {
     if (!(offered & kProtocolFeaturesBit)) throw_error("the daemon does not offer VHOST_USER_F_PROTOCOL_FEATURES");
-    features |= kProtocolFeaturesBit;
     const std::uint64_t protocol = get_protocol_features() & options.protocol_feature_mask;
     set_protocol_features(protocol);
     reply_ack_ = options.reply_ack && (protocol & kReplyAckBit) != 0;
   } else {
-    features &= ~kProtocolFeaturesBit;
     reply_ack_ = false;
   }
   set_features(features);
@@ -460,7 +476,7 @@ void TestFrontend::send_memory(const DeviceOptions& options) {
 }
 
 wire::VringAddr TestFrontend::ring_addresses(std::uint32_t index, std::uint32_t flags) const {
-  const DriverRing& ring = *rings_.at(index).driver;
+  const GuestRing& ring = *rings_.at(index).driver;
   VringAddresses a = ring.addresses(flags);
   return wire::VringAddr{index, a.flags, a.desc_user_addr, a.used_user_addr, a.avail_user_addr, a.log_guest_addr};
 }
@@ -469,7 +485,7 @@ void TestFrontend::setup_ring(std::uint32_t index, const DeviceOptions& options)
   if (!memory_) throw_error("setup_ring: no guest memory yet");
   if (rings_.size() <= index) rings_.resize(index + 1);
   Ring& ring = rings_[index];
-  ring.driver = DriverRing::allocate(*memory_, options.queue_size);
+  ring.driver = GuestRing::allocate(*memory_, options.queue_size, layout(), (acked_features_ & kVirtioFInOrder) != 0);
   const std::uint32_t slots = std::min<std::uint32_t>(options.queue_size, kMaxSlots);
   ring.data_gpa = memory_->alloc(slots * kSlotBytes, kSlotBytes);
   ring.free_slots.clear();
@@ -477,7 +493,7 @@ void TestFrontend::setup_ring(std::uint32_t index, const DeviceOptions& options)
 
   set_vring_num(index, options.queue_size);
   set_vring_addr(ring_addresses(index));
-  set_vring_base(index, 0);
+  set_vring_base(index, GuestRing::initial_base(layout()));
   if (options.call_fds) {
     ring.call = make_eventfd();
     set_vring_call(index, ring.call.get());
@@ -592,6 +608,11 @@ PendingEcho push_echo(TestFrontend& frontend, std::size_t index, const EchoChain
     pending.writable_bytes += len;
     cursor += len;
   }
+  if (!ring.driver->has_room(chain.indirect ? 1 : static_cast<std::uint32_t>(buffers.size()))) {
+    ring.free_slots.push_back(pending.slot);
+    throw_error("push_echo: ring ", index, ": no room for a chain of ", buffers.size(), " descriptors (",
+                ring.driver->describe(), ")");
+  }
   pending.head = chain.indirect ? ring.driver->add_indirect(buffers, base) : ring.driver->add_chain(buffers);
   return pending;
 }
@@ -600,20 +621,19 @@ void complete_echoes(TestFrontend& frontend, std::size_t index, std::vector<Pend
                      std::chrono::milliseconds timeout) {
   TestFrontend::Ring& ring = frontend.ring_fds(index);
   TestGuestMemory& memory = frontend.memory();
-  DriverRing& driver = *ring.driver;
+  GuestRing& driver = *ring.driver;
   const auto deadline = Clock::now() + timeout;
   for (std::size_t i = 0; i < pending.size(); ++i) {
     const PendingEcho& p = pending[i];
-    while (driver.used_pending() == 0) {
+    while (!driver.has_used()) {
       if (Clock::now() >= deadline) {
         throw_error("ring ", index, ": request ", i, " of ", pending.size(), " (head ", p.head,
-                    ") not completed within ", timeout.count(), " ms (avail idx ", driver.avail_idx(),
-                    ", used idx ", driver.used_idx(), ")");
+                    ") not completed within ", timeout.count(), " ms (", driver.describe(), ")");
       }
       struct timespec ts {0, 20'000};
       ::nanosleep(&ts, nullptr);
     }
-    const VringUsedElem elem = *driver.pop_used();
+    const UsedBuffer elem = *driver.pop_used();
     if (elem.id != p.head) {
       throw_error("ring ", index, ": used element ", i, " names head ", elem.id, ", expected ", p.head);
     }
@@ -654,22 +674,34 @@ void echo_one(TestFrontend& frontend, std::size_t ring, std::uint32_t size, std:
   echo_burst(frontend, ring, std::span(&chain, 1));
 }
 
-std::uint16_t device_used_idx(TestFrontend& frontend, std::size_t ring) { return frontend.ring(ring).used_idx(); }
-std::uint16_t driver_avail_idx(TestFrontend& frontend, std::size_t ring) { return frontend.ring(ring).avail_idx(); }
+std::uint16_t device_used_idx(TestFrontend& frontend, std::size_t ring) {
+  return frontend.ring(ring).split().used_idx();
+}
+std::uint16_t driver_avail_idx(TestFrontend& frontend, std::size_t ring) {
+  return frontend.ring(ring).split().avail_idx();
+}
 
 bool wait_used_idx(TestFrontend& frontend, std::size_t ring, std::uint16_t idx, std::chrono::milliseconds timeout) {
-  DriverRing& driver = frontend.ring(ring);
+  DriverRing& driver = frontend.ring(ring).split();
   return wait_until([&] { return driver.used_idx() == idx; }, timeout);
 }
 
-void set_used_event(TestFrontend& frontend, std::size_t ring, std::uint16_t value) {
-  frontend.ring(ring).set_used_event(value);
+void push_raw_head(TestFrontend& frontend, std::size_t ring, std::uint16_t head) {
+  frontend.ring(ring).split().publish_head(head);
 }
 
-void set_no_interrupt(TestFrontend& frontend, std::size_t ring, bool on) { frontend.ring(ring).set_no_interrupt(on); }
-
-void push_raw_head(TestFrontend& frontend, std::size_t ring, std::uint16_t head) {
-  frontend.ring(ring).publish_head(head);
+void push_hostile_id(TestFrontend& frontend, std::size_t ring, std::uint16_t id, bool writable) {
+  GuestRing& driver = frontend.ring(ring);
+  if (!driver.is_packed()) {
+    driver.split().publish_head(id);
+    return;
+  }
+  PackedDriverRing& packed = driver.packed();
+  // The arena's last chain slot: a mapped buffer no well-behaved chain of the test uses yet.
+  const TestFrontend::Ring& fds = frontend.ring_fds(ring);
+  const std::uint64_t gpa = fds.data_gpa + (fds.free_slots.empty() ? 0 : fds.free_slots.front()) * TestFrontend::kSlotBytes;
+  packed.put(packed.next_avail(),
+             PackedDesc{gpa, 64, id, static_cast<std::uint16_t>(packed.avail_bits() | (writable ? kVringDescFWrite : 0))});
 }
 
 }  // namespace vhostd::test

@@ -12,7 +12,8 @@
 //     reply_ack mode every request without a reply body carries NEED_REPLY and its u64 ack is
 //     checked to be 0;
 //   - setup_device(): the whole QEMU-like handshake over memfd guest memory, after which the
-//     test drives the rings through DriverRing (driver_ring.hpp), kick() and wait_call().
+//     test drives the rings through GuestRing (guest_ring.hpp: a split DriverRing, or a
+//     PackedDriverRing when DeviceOptions::packed acks RING_PACKED), kick() and wait_call().
 #pragma once
 
 #include <chrono>
@@ -27,7 +28,7 @@
 #include <utility>
 #include <vector>
 
-#include "driver_ring.hpp"
+#include "guest_ring.hpp"
 #include "vhostd/base/fd.hpp"
 #include "vhostd/vhost/endpoint.hpp"
 #include "vhostd/vhost/message.hpp"
@@ -131,8 +132,14 @@ struct DeviceOptions {
   // Protocol features to ack, intersected with what the daemon offers.
   std::uint64_t protocol_feature_mask = ~0ull;
   // Virtio features to ack, intersected with what the daemon offers (LOG_ALL never by default).
-  // RING_PACKED (34) only when a test asks for packed rings.
-  std::uint64_t feature_mask = ~((1ull << 26) | (1ull << 34));
+  // RING_PACKED (34) and IN_ORDER (35) only through `packed` and `in_order` below.
+  std::uint64_t feature_mask = ~((1ull << 26) | (1ull << 34) | (1ull << 35));
+  // Ack VIRTIO_F_RING_PACKED (the daemon must offer it) and build packed driver rings; the
+  // queue size may then be any value in [1, max].
+  bool packed = false;
+  // Ack VIRTIO_F_IN_ORDER (the daemon must offer it): the driver rings use descriptors in ring
+  // order and accept batched used elements.
+  bool in_order = false;
   // Send NEED_REPLY on every request without a reply body and check the ack (needs REPLY_ACK).
   bool reply_ack = true;
   // Split the guest memory into this many SET_MEM_TABLE regions (same memfd, mmap_offset).
@@ -235,7 +242,7 @@ class TestFrontend {
   static constexpr std::uint64_t kSlotBytes = 16384;
   static constexpr std::uint32_t kMaxSlots = 128;
   struct Ring {
-    std::unique_ptr<DriverRing> driver;
+    std::unique_ptr<GuestRing> driver;
     UniqueFd kick;
     UniqueFd call;
     std::uint64_t data_gpa = 0;
@@ -248,8 +255,16 @@ class TestFrontend {
   std::uint64_t negotiate(const DeviceOptions& options);
   // Allocates guest memory (if not yet) and describes it to the daemon per options.
   void send_memory(const DeviceOptions& options);
-  // SET_VRING_NUM/ADDR/BASE, CALL, KICK (and ENABLE) for ring `index`, building its DriverRing.
+  // SET_VRING_NUM/ADDR/BASE, CALL, KICK (and ENABLE) for ring `index`, building its GuestRing
+  // in the layout the acked features say (packed with RING_PACKED, in order with IN_ORDER).
   void setup_ring(std::uint32_t index, const DeviceOptions& options);
+  // The virtio features `options` ack out of `offered` (throws if `packed` / `in_order` ask for
+  // a feature that is not offered). Without protocol features, bit 30 is left out.
+  static std::uint64_t features_for(const DeviceOptions& options, std::uint64_t offered);
+  // The layout the acked features give the rings.
+  RingLayout layout() const noexcept {
+    return (acked_features_ & kVirtioFRingPacked) ? RingLayout::packed : RingLayout::split;
+  }
 
   TestGuestMemory& memory() { return *memory_; }
   bool has_memory() const noexcept { return memory_ != nullptr; }
@@ -257,7 +272,7 @@ class TestFrontend {
   std::vector<RegionSpec> memory_regions(std::size_t n) const;
   wire::VringAddr ring_addresses(std::uint32_t index, std::uint32_t flags = 0) const;
   std::size_t num_rings() const noexcept { return rings_.size(); }
-  DriverRing& ring(std::size_t index) { return *rings_.at(index).driver; }
+  GuestRing& ring(std::size_t index) { return *rings_.at(index).driver; }
   Ring& ring_fds(std::size_t index) { return rings_.at(index); }
   std::uint64_t acked_features() const noexcept { return acked_features_; }
   std::uint64_t acked_protocol_features() const noexcept { return acked_protocol_features_; }
@@ -316,17 +331,20 @@ PendingEcho push_echo(TestFrontend& frontend, std::size_t ring, const EchoChain&
 // frees their buffers. Throws Error on timeout or mismatch.
 void complete_echoes(TestFrontend& frontend, std::size_t ring, std::vector<PendingEcho>& pending,
                      std::chrono::milliseconds timeout = kReplyTimeout);
-// The used index the device published / the avail index the driver published.
+// Split rings only: the used index the device published / the avail index the driver published.
 std::uint16_t device_used_idx(TestFrontend& frontend, std::size_t ring);
 std::uint16_t driver_avail_idx(TestFrontend& frontend, std::size_t ring);
-// Waits until the device's used index reaches `idx` (16-bit compare); false on timeout.
+// Split rings only: waits until the device's used index reaches `idx` (16-bit compare); false
+// on timeout.
 bool wait_used_idx(TestFrontend& frontend, std::size_t ring, std::uint16_t idx,
                    std::chrono::milliseconds timeout = kReplyTimeout);
-// EVENT_IDX: the used_event field of the avail ring. NO_INTERRUPT: the avail ring flag.
-void set_used_event(TestFrontend& frontend, std::size_t ring, std::uint16_t value);
-void set_no_interrupt(TestFrontend& frontend, std::size_t ring, bool on);
-// Hostile: publishes `head` as the next avail entry as is (no descriptor written).
+// Split rings only, hostile: publishes `head` as the next avail entry as is (no descriptor
+// written).
 void push_raw_head(TestFrontend& frontend, std::size_t ring, std::uint16_t head);
+// Hostile, either layout: makes one entry naming head / buffer id `id` available as is, no
+// bookkeeping (split: push_raw_head(); packed: one descriptor at the next avail slot carrying
+// `id`, over 64 bytes of the ring's data arena, device-writable if `writable`).
+void push_hostile_id(TestFrontend& frontend, std::size_t ring, std::uint16_t id, bool writable = false);
 // A random chain shape for a request of 1..max_bytes bytes (1-4 readable segments, 1-3
 // writable ones, sometimes too short for the whole response, sometimes indirect).
 EchoChain random_chain(std::uint64_t& rng_state, std::uint32_t max_bytes, bool allow_indirect);

@@ -9,11 +9,18 @@
 // (acquire) and skips the slots that buffer's chain took. Raw accessors (put(), desc(),
 // publish_flags(), ...) let hostile-ring tests write anything at all.
 // Header-only; failures of the test's own setup throw vhostd::Error.
+//
+// VIRTIO_F_IN_ORDER (set_in_order()): the device may write one used descriptor for a run of
+// buffers, at the slot of the run's first chain and with the buffer id of its LAST chain,
+// skipping the slots of the whole run. pop_used() then completes every outstanding chain up to
+// the one named and still returns one PackedUsed per buffer, oldest first (len 0 for every
+// buffer of the run but the last), so callers never see the difference.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -137,25 +144,89 @@ class PackedDriverRing {
     return add_indirect(std::span(buffers.begin(), buffers.size()), table_gpa, id, dpdk_style);
   }
 
-  // Whether the descriptor at the next used slot is used (acquire, like pop_used()).
-  bool has_used() const noexcept { return packed_desc_used(flags(next_used_), used_wrap_); }
-  // The next used descriptor; its buffer id and slots are freed when this driver knows it.
+  // VIRTIO_F_IN_ORDER negotiated: batched used descriptors accepted (see the top of this
+  // file). Only while nothing is outstanding.
+  void set_in_order(bool on) {
+    if (in_flight() != 0) throw_error("PackedDriverRing: set_in_order with ", in_flight(), " buffers outstanding");
+    in_order_ = on;
+  }
+  bool in_order() const noexcept { return in_order_; }
+
+  // Whether a used buffer is waiting (acquire, like pop_used()).
+  bool has_used() const noexcept { return !batched_.empty() || packed_desc_used(flags(next_used_), used_wrap_); }
+  // The next used buffer; its buffer id and slots are freed when this driver knows it. With
+  // IN_ORDER, one per buffer even when the device batched them.
   std::optional<PackedUsed> pop_used() {
+    if (!batched_.empty()) {
+      const PackedUsed used = batched_.front();
+      batched_.pop_front();
+      return used;
+    }
     const std::uint16_t f = flags(next_used_);  // acquire: id and len below are the device's
     if (!packed_desc_used(f, used_wrap_)) return std::nullopt;
     const PackedDesc& d = desc(next_used_);
     PackedUsed used{d.id, d.len, f, static_cast<std::uint16_t>(next_used_), false};
-    std::uint32_t skip = 1;
+    ++used_entries_;
+    const std::size_t run = in_order_ ? run_length(used.id) : 0;
+    if (run > 1) {
+      // A batch: every outstanding chain up to the one named, oldest first.
+      ++batched_elements_;
+      for (std::size_t i = 0; i < run; ++i) {
+        const std::uint16_t id = outstanding_.front();
+        PackedUsed part{id, i + 1 == run ? used.len : 0, f, used.slot, true};
+        batched_.push_back(part);
+        complete(id);
+      }
+      used = batched_.front();
+      batched_.pop_front();
+      return used;
+    }
     if (used.id < size_ && chain_slots_[used.id] != 0) {
       used.known = true;
-      skip = chain_slots_[used.id];
-      chain_slots_[used.id] = 0;
-      free_ids_.push_back(used.id);
-      free_slots_ += skip;
+      complete(used.id);
+    } else {
+      step(next_used_, used_wrap_);
     }
-    for (std::uint32_t i = 0; i < skip; ++i) step(next_used_, used_wrap_);
     return used;
   }
+  // Used buffers waiting to be popped (walks the used descriptors without consuming them).
+  std::uint32_t used_pending() const noexcept {
+    std::uint32_t count = static_cast<std::uint32_t>(batched_.size());
+    std::uint32_t pos = next_used_;
+    bool wrap = used_wrap_;
+    std::size_t next_outstanding = 0;  // outstanding_ index of the oldest chain not counted yet
+    for (std::uint32_t walked = 0; walked < size_;) {
+      const std::uint16_t f = flags(pos);  // acquire: the id below is the device's
+      if (!packed_desc_used(f, wrap)) break;
+      const std::uint16_t id = desc(pos).id;
+      std::uint32_t slots = 1;
+      std::size_t buffers = 1;
+      if (in_order_) {
+        std::size_t k = next_outstanding;
+        while (k < outstanding_.size() && outstanding_[k] != id) ++k;
+        if (k < outstanding_.size()) {
+          buffers = k - next_outstanding + 1;
+          slots = 0;
+          for (std::size_t j = next_outstanding; j <= k; ++j) slots += chain_slots_[outstanding_[j]];
+          next_outstanding = k + 1;
+        }
+      } else if (id < size_ && chain_slots_[id] != 0) {
+        slots = chain_slots_[id];
+      }
+      count += static_cast<std::uint32_t>(buffers);
+      walked += slots;
+      for (std::uint32_t i = 0; i < slots; ++i) step(pos, wrap);
+    }
+    return count;
+  }
+  // Buffers made available and not popped yet (used or not).
+  std::uint32_t in_flight() const noexcept {
+    return static_cast<std::uint32_t>(size_ - free_ids_.size() + batched_.size());
+  }
+  // Used descriptors read so far, and how many of them covered more than one buffer (an
+  // IN_ORDER batch).
+  std::uint64_t used_entries() const noexcept { return used_entries_; }
+  std::uint64_t batched_elements() const noexcept { return batched_elements_; }
 
   std::uint32_t free_slots() const noexcept { return free_slots_; }
   std::uint32_t free_ids() const noexcept { return static_cast<std::uint32_t>(free_ids_.size()); }
@@ -248,6 +319,28 @@ class PackedDriverRing {
       wrap = !wrap;
     }
   }
+  // With IN_ORDER: how many outstanding chains a used descriptor naming `id` completes (0 when
+  // `id` is not outstanding).
+  std::size_t run_length(std::uint16_t id) const noexcept {
+    for (std::size_t k = 0; k < outstanding_.size(); ++k) {
+      if (outstanding_[k] == id) return k + 1;
+    }
+    return 0;
+  }
+  // Frees an outstanding chain's id and slots and moves the next used slot past them.
+  void complete(std::uint16_t id) {
+    const std::uint32_t skip = chain_slots_[id];
+    chain_slots_[id] = 0;
+    free_ids_.push_back(id);
+    free_slots_ += skip;
+    for (std::uint32_t i = 0; i < skip; ++i) step(next_used_, used_wrap_);
+    for (auto it = outstanding_.begin(); it != outstanding_.end(); ++it) {
+      if (*it == id) {
+        outstanding_.erase(it);
+        break;
+      }
+    }
+  }
   std::uint16_t take_id(std::optional<std::uint16_t> id) {
     if (free_ids_.empty()) throw_error("PackedDriverRing: no free buffer id");
     if (!id) {
@@ -266,6 +359,7 @@ class PackedDriverRing {
   // Exposes a chain of `n` slots whose head is at next_avail_: the head's flags last.
   void publish(std::uint32_t n, std::uint16_t buffer_id, std::uint16_t head_flags) noexcept {
     chain_slots_[buffer_id] = static_cast<std::uint16_t>(n);
+    outstanding_.push_back(buffer_id);
     free_slots_ -= n;
     // Release: every other field and descriptor of the chain is visible before the head is
     // available (the spec's "first descriptor last").
@@ -290,6 +384,11 @@ class PackedDriverRing {
   std::uint32_t added_since_kick_check_ = 0;
   std::vector<std::uint16_t> free_ids_;     // a stack
   std::vector<std::uint16_t> chain_slots_;  // per outstanding id: the slots its chain took
+  std::deque<std::uint16_t> outstanding_;   // ids made available, oldest first
+  bool in_order_ = false;
+  std::deque<PackedUsed> batched_;          // IN_ORDER: rest of a batch, to return
+  std::uint64_t used_entries_ = 0;
+  std::uint64_t batched_elements_ = 0;
 };
 
 }  // namespace vhostd::test

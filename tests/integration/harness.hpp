@@ -100,4 +100,27 @@ class DaemonTest : public ::testing::Test {
   std::unique_ptr<Daemon> daemon_;
 };
 
+// A DaemonTest run once per ring layout (INSTANTIATE_LAYOUTS): options() sets up the device
+// with split rings, or with RING_PACKED acked and packed driver rings.
+class LayoutTest : public DaemonTest, public ::testing::WithParamInterface<RingLayout> {
+ protected:
+  RingLayout layout() const { return GetParam(); }
+  bool packed() const { return GetParam() == RingLayout::packed; }
+  DeviceOptions options() const {
+    DeviceOptions o;
+    o.packed = packed();
+    return o;
+  }
+};
+
+inline std::string layout_param_name(const ::testing::TestParamInfo<RingLayout>& info) {
+  return to_string(info.param);
+}
+
 }  // namespace vhostd::test
+
+// Runs every TEST_P of `suite` (a LayoutTest) on split rings and on packed rings.
+#define INSTANTIATE_LAYOUTS(suite)                                                                   \
+  INSTANTIATE_TEST_SUITE_P(Layouts, suite,                                                           \
+                           ::testing::Values(::vhostd::RingLayout::split, ::vhostd::RingLayout::packed), \
+                           ::vhostd::test::layout_param_name)

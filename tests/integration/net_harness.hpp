@@ -10,6 +10,10 @@
 //               puts packets (virtio-net header + Ethernet frame, any descriptor split) in a
 //               TX ring, sends control commands, and reads back what the device used.
 //
+//   NetLayoutTest  NetFixture run once per ring layout (INSTANTIATE_NET_LAYOUTS): every guest
+//               it connects uses split rings, or packed rings (RING_PACKED acked), unless its
+//               GuestOptions name a layout.
+//
 // Determinism: nothing here sleeps and hopes. complete_tx() waits until the device has used
 // every TX chain the guest published; the forwarder's receive -> transmit -> drop -> release
 // all run on the one lcore that polls the TX ring, and release() publishes the used index with
@@ -52,8 +56,9 @@ using net::VirtioNetHeader;
 
 // ---- feature masks (what a guest acks, intersected with what the port offers) ----
 
-// Everything the port offers but LOG_ALL and RING_PACKED (as the frontend's default).
-inline constexpr std::uint64_t kAllFeatures = ~(kVirtioFLogAll | kVirtioFRingPacked);
+// Everything the port offers but LOG_ALL, RING_PACKED and IN_ORDER (as the frontend's
+// default; GuestOptions::layout and in_order ask for the last two).
+inline constexpr std::uint64_t kAllFeatures = ~(kVirtioFLogAll | kVirtioFRingPacked | kVirtioFInOrder);
 inline constexpr std::uint64_t kHostTso = net::kNetFHostTso4 | net::kNetFHostTso6;
 inline constexpr std::uint64_t kGuestTso = net::kNetFGuestTso4 | net::kNetFGuestTso6;
 // A receiver that cannot take partial checksums (no GUEST_CSUM, hence no GUEST_TSO either).
@@ -207,6 +212,10 @@ struct GuestOptions {
   std::uint64_t feature_mask = kAllFeatures;
   std::uint16_t queue_size = 256;
   bool protocol_features = true;
+  // The guest's ring layout; unset: the fixture's (NetLayoutTest's parameter, else split).
+  std::optional<RingLayout> layout;
+  // Ack VIRTIO_F_IN_ORDER (the driver rings then accept batched used elements).
+  bool in_order = false;
 };
 
 // One packet the device put in a guest RX ring: its header, the frame after it, and the used
@@ -235,6 +244,8 @@ class NetGuest {
     d.queue_size = options.queue_size;
     d.feature_mask = options.feature_mask;
     d.protocol_features = options.protocol_features;
+    d.packed = options.layout.value_or(RingLayout::split) == RingLayout::packed;
+    d.in_order = options.in_order;
     d.memory_bytes = 4u * 1024 * 1024 + num_rings() * (2u * 1024 * 1024 + 64 * 1024);
     features_ = frontend_.setup_device(d);
     posted_.assign(num_rings(), {});
@@ -252,7 +263,8 @@ class NetGuest {
   static std::size_t rx(std::uint16_t pair = 0) { return 2u * pair; }
   static std::size_t tx(std::uint16_t pair = 0) { return 2u * pair + 1; }
   std::size_t ctrl() const { return 2u * pairs_; }
-  DriverRing& ring(std::size_t index) { return frontend_.ring(index); }
+  GuestRing& ring(std::size_t index) { return frontend_.ring(index); }
+  RingLayout layout() const { return frontend_.layout(); }
   void close() { frontend_.close(); }
 
   // ---- RX ----
@@ -282,7 +294,7 @@ class NetGuest {
     for (std::size_t i = 0; i < count; ++i) post_rx_chain({len}, pair);
   }
   // Used elements of the RX ring of `pair` not yet read.
-  std::uint16_t rx_pending(std::uint16_t pair = 0) { return ring(rx(pair)).used_pending(); }
+  std::uint16_t rx_pending(std::uint16_t pair = 0) { return static_cast<std::uint16_t>(ring(rx(pair)).used_pending()); }
   // RX buffers posted and not yet used.
   std::size_t rx_posted(std::uint16_t pair = 0) const { return posted_[rx(pair)].size(); }
 
@@ -305,7 +317,7 @@ class NetGuest {
     if (has(net::kNetFMrgRxbuf)) {
       const std::uint16_t buffers = packet.header.num_buffers;
       if (buffers == 0) throw_error("receive: num_buffers 0 with MRG_RXBUF");
-      if (!wait_until([&] { return ring(r).used_pending() >= buffers - 1; }, timeout)) {
+      if (!wait_until([&] { return ring(r).used_pending() + 1u >= buffers; }, timeout)) {
         throw_error("receive: num_buffers ", buffers, " but only ", ring(r).used_pending() + 1u, " buffers used");
       }
       for (std::uint16_t i = 1; i < buffers; ++i) {
@@ -360,12 +372,13 @@ class NetGuest {
   // Returns how many were completed. Throws on timeout.
   std::size_t complete_tx(std::uint16_t pair = 0, std::chrono::milliseconds timeout = kReplyTimeout) {
     const std::size_t r = tx(pair);
-    DriverRing& d = ring(r);
-    if (!wait_until([&] { return d.used_idx() == d.avail_idx(); }, timeout)) {
-      throw_error("complete_tx: TX ring ", r, " used idx ", d.used_idx(), " never reached avail idx ", d.avail_idx());
+    GuestRing& d = ring(r);
+    if (!wait_until([&] { return d.all_used(); }, timeout)) {
+      throw_error("complete_tx: TX ring ", r, ": ", d.used_pending(), " of ", d.in_flight(),
+                  " chains used within ", timeout.count(), " ms (", d.describe(), ")");
     }
     std::size_t n = 0;
-    while (d.used_pending() != 0) {
+    while (d.has_used()) {
       Used u = pop_used(r);
       if (u.len != 0) throw_error("complete_tx: TX chain ", u.id, " used with length ", u.len, " (expected 0)");
       ++n;
@@ -434,13 +447,11 @@ class NetGuest {
   }
 
   Used pop_used(std::size_t r) {
-    std::optional<VringUsedElem> e = ring(r).pop_used();
+    std::optional<UsedBuffer> e = ring(r).pop_used();
     if (!e) throw_error("ring ", r, ": no used element");
-    auto it = posted_[r].find(static_cast<std::uint16_t>(e->id));
-    if (e->id > 0xffff || it == posted_[r].end()) {
-      throw_error("ring ", r, ": used id ", e->id, " is not a chain in flight");
-    }
-    Used u{static_cast<std::uint16_t>(e->id), e->len, {}};
+    auto it = posted_[r].find(e->id);
+    if (it == posted_[r].end()) throw_error("ring ", r, ": used id ", e->id, " is not a chain in flight");
+    Used u{e->id, e->len, {}};
     std::uint32_t writable = 0;
     for (const DriverBuffer& b : it->second.bufs) writable += b.writable ? b.len : 0;
     if (e->len > writable) {
@@ -475,6 +486,10 @@ class NetFixture : public ::testing::Test {
     dir_ = tmpl;
     runtime_ = std::make_unique<Runtime>(Runtime::default_cores());
   }
+
+  // The layout of guests whose GuestOptions do not name one.
+  virtual RingLayout layout() const { return RingLayout::split; }
+  bool packed() const { return layout() == RingLayout::packed; }
 
   void TearDown() override {
     for (auto& d : daemons_) d->stop();
@@ -524,7 +539,9 @@ class NetFixture : public ::testing::Test {
     if (!wait_until([&] { return d.connections() > before && d.connected(); })) {
       throw_error("port ", i, ": the daemon did not accept the connection");
     }
-    guest->setup(options);
+    GuestOptions o = options;
+    if (!o.layout) o.layout = layout();
+    guest->setup(o);
     const std::size_t rings = guest->num_rings();
     if (!wait_until([&] {
           auto reports = d.ring_reports();
@@ -553,6 +570,16 @@ class NetFixture : public ::testing::Test {
   std::vector<std::unique_ptr<Daemon>> daemons_;
 };
 
+// NetFixture once per ring layout: guests use the parameter's layout unless told otherwise.
+class NetLayoutTest : public NetFixture, public ::testing::WithParamInterface<RingLayout> {
+ protected:
+  RingLayout layout() const override { return GetParam(); }
+};
+
+inline std::string net_layout_param_name(const ::testing::TestParamInfo<RingLayout>& info) {
+  return to_string(info.param);
+}
+
 // Field-by-field header comparison output.
 inline std::string describe(const VirtioNetHeader& h) {
   return "{flags " + std::to_string(h.flags) + " gso_type " + std::to_string(h.gso_type) + " hdr_len " +
@@ -562,3 +589,9 @@ inline std::string describe(const VirtioNetHeader& h) {
 }
 
 }  // namespace vhostd::test::nettest
+
+// Runs every TEST_P of `suite` (a NetLayoutTest) with split-ring guests and packed-ring guests.
+#define INSTANTIATE_NET_LAYOUTS(suite)                                                               \
+  INSTANTIATE_TEST_SUITE_P(Layouts, suite,                                                           \
+                           ::testing::Values(::vhostd::RingLayout::split, ::vhostd::RingLayout::packed), \
+                           ::vhostd::test::nettest::net_layout_param_name)

@@ -1,6 +1,7 @@
 // Integration: connection life cycle over a real socket: disconnect in every state and
 // reconnect, no fd or mapping leak over many cycles, one frontend at a time, and client mode
-// (the daemon connects to a listening frontend and reconnects by itself).
+// (the daemon connects to a listening frontend and reconnects by itself); with traffic on split
+// and on packed rings.
 #include <chrono>
 #include <thread>
 
@@ -9,11 +10,12 @@
 namespace vhostd::test {
 namespace {
 
-using ConnectionTest = DaemonTest;
+using ConnectionTest = LayoutTest;
 
 // Full handshake, then random traffic through both rings.
-void handshake_and_traffic(TestFrontend& frontend, std::uint64_t seed, int bursts = 4) {
-  frontend.setup_device();
+void handshake_and_traffic(TestFrontend& frontend, const DeviceOptions& options, std::uint64_t seed,
+                           int bursts = 4) {
+  frontend.setup_device(options);
   std::uint64_t rng = seed;
   for (int b = 0; b < bursts; ++b) {
     for (std::size_t ring = 0; ring < 2; ++ring) {
@@ -35,13 +37,13 @@ const char* name(State s) {
   return "?";
 }
 
-TEST_F(ConnectionTest, DisconnectInEveryStateThenReconnectAndServe) {
+TEST_P(ConnectionTest, DisconnectInEveryStateThenReconnectAndServe) {
   std::uint64_t seed = 1;
   for (State state : {State::connected, State::features, State::memory, State::running_mid_traffic}) {
     SCOPED_TRACE(name(state));
     {
       TestFrontend frontend = connect();
-      DeviceOptions options;
+      DeviceOptions options = this->options();
       switch (state) {
         case State::connected:
           break;
@@ -53,7 +55,7 @@ TEST_F(ConnectionTest, DisconnectInEveryStateThenReconnectAndServe) {
           frontend.send_memory(options);
           break;
         case State::running_mid_traffic: {
-          handshake_and_traffic(frontend, seed++, 1);
+          handshake_and_traffic(frontend, options, seed++, 1);
           std::uint64_t rng = 77;
           for (std::size_t ring = 0; ring < 2; ++ring) {
             for (int k = 0; k < 24; ++k) push_echo(frontend, ring, random_chain(rng, 3000, true));
@@ -67,7 +69,7 @@ TEST_F(ConnectionTest, DisconnectInEveryStateThenReconnectAndServe) {
       // Guest memory is unmapped here only now: the daemon must be done with it already.
     }
     TestFrontend next = connect();
-    ASSERT_NO_THROW(handshake_and_traffic(next, seed++));
+    ASSERT_NO_THROW(handshake_and_traffic(next, options(), seed++));
     for (std::size_t ring = 0; ring < 2; ++ring) EXPECT_EQ(report(ring).errors, 0u);
     next.close();
     ASSERT_TRUE(wait_disconnected());
@@ -75,14 +77,14 @@ TEST_F(ConnectionTest, DisconnectInEveryStateThenReconnectAndServe) {
   EXPECT_EQ(daemon_->connections(), 8u);
 }
 
-TEST_F(ConnectionTest, NoFdOrMappingLeakOverTwentyCycles) {
+TEST_P(ConnectionTest, NoFdOrMappingLeakOverTwentyCycles) {
   int fds_after_first = -1;
   std::size_t maps_after_first = 0;
   std::size_t memfd_maps_after_first = 0;
   for (int cycle = 1; cycle <= 20; ++cycle) {
     {
       TestFrontend frontend = connect();
-      ASSERT_NO_THROW(handshake_and_traffic(frontend, cycle, 2)) << "cycle " << cycle;
+      ASSERT_NO_THROW(handshake_and_traffic(frontend, options(), cycle, 2)) << "cycle " << cycle;
       if (cycle % 2 == 0) {
         // Every other cycle closes with requests in flight.
         std::uint64_t rng = cycle;
@@ -109,9 +111,9 @@ TEST_F(ConnectionTest, NoFdOrMappingLeakOverTwentyCycles) {
   EXPECT_EQ(daemon_->connections(), 20u);
 }
 
-TEST_F(ConnectionTest, ASecondFrontendIsRefusedWhileOneIsConnected) {
+TEST_P(ConnectionTest, ASecondFrontendIsRefusedWhileOneIsConnected) {
   TestFrontend first = connect();
-  first.setup_device();
+  first.setup_device(options());
   echo_one(first, 0);
   TestFrontend second = TestFrontend::connect(path_);
   EXPECT_TRUE(second.wait_closed()) << "the daemon kept a second frontend";
@@ -126,7 +128,13 @@ class ClientModeTest : public DaemonTest {
   std::string frontend_path() const { return dir_ + "/frontend.sock"; }
 };
 
-TEST_F(ClientModeTest, DaemonConnectsRetriesAndReconnectsAfterADisconnect) {
+class ClientModeLayoutTest : public LayoutTest {
+ protected:
+  ClientModeLayoutTest() { start_server_ = false; }
+  std::string frontend_path() const { return dir_ + "/frontend.sock"; }
+};
+
+TEST_P(ClientModeLayoutTest, DaemonConnectsRetriesAndReconnectsAfterADisconnect) {
   // The daemon starts first and must retry until the frontend listens.
   daemon_->start_client(frontend_path());
   std::this_thread::sleep_for(200ms);
@@ -136,7 +144,7 @@ TEST_F(ClientModeTest, DaemonConnectsRetriesAndReconnectsAfterADisconnect) {
   {
     TestFrontend frontend = TestFrontend::accept_from(listener, 10s);
     ASSERT_TRUE(wait_until([&] { return daemon_->connected(); }));
-    ASSERT_NO_THROW(handshake_and_traffic(frontend, 1));
+    ASSERT_NO_THROW(handshake_and_traffic(frontend, options(), 1));
     frontend.close();
   }
   ASSERT_TRUE(wait_disconnected());
@@ -144,7 +152,7 @@ TEST_F(ClientModeTest, DaemonConnectsRetriesAndReconnectsAfterADisconnect) {
   // No call from the test: the daemon comes back by itself.
   TestFrontend again = TestFrontend::accept_from(listener, 10s);
   ASSERT_TRUE(wait_until([&] { return daemon_->connected() && daemon_->connections() == 2; }));
-  ASSERT_NO_THROW(handshake_and_traffic(again, 2));
+  ASSERT_NO_THROW(handshake_and_traffic(again, options(), 2));
   for (std::size_t ring = 0; ring < 2; ++ring) EXPECT_GT(report(ring).requests, 0u);
 }
 
@@ -157,6 +165,9 @@ TEST_F(ClientModeTest, StopWhileRetryingReturnsPromptly) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
   EXPECT_EQ(daemon_->connections(), 0u);
 }
+
+INSTANTIATE_LAYOUTS(ConnectionTest);
+INSTANTIATE_LAYOUTS(ClientModeLayoutTest);
 
 }  // namespace
 }  // namespace vhostd::test

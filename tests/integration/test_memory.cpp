@@ -1,5 +1,6 @@
 // Integration: guest memory under traffic over a real socket: memory table swaps while rings
-// run, LOG_ALL toggling and the dirty log, buffers spanning regions, ADD_MEM_REG/REM_MEM_REG.
+// run, LOG_ALL toggling and the dirty log, buffers spanning regions, ADD_MEM_REG/REM_MEM_REG;
+// each on split and on packed rings.
 #include <sys/mman.h>
 
 #include <atomic>
@@ -13,7 +14,7 @@
 namespace vhostd::test {
 namespace {
 
-using MemoryTest = DaemonTest;
+using MemoryTest = LayoutTest;
 
 // Pushes random bursts through both rings on its own thread (it owns the rings; the test
 // thread only talks on the socket) until stopped. Every response is checked.
@@ -74,9 +75,9 @@ class TrafficThread {
   std::string error_;
 };
 
-TEST_F(MemoryTest, MemTableSwapUnderTrafficIsAckedAndLosesNothing) {
+TEST_P(MemoryTest, MemTableSwapUnderTrafficIsAckedAndLosesNothing) {
   TestFrontend frontend = connect();
-  DeviceOptions options;
+  DeviceOptions options = this->options();
   frontend.setup_device(options);
   ASSERT_TRUE(frontend.reply_ack());
   // Every layout keeps each ring's areas inside one region (a ring may not span regions).
@@ -84,7 +85,7 @@ TEST_F(MemoryTest, MemTableSwapUnderTrafficIsAckedAndLosesNothing) {
     for (const RegionSpec& r : frontend.memory_regions(n)) {
       for (std::size_t ring = 0; ring < 2; ++ring) {
         const std::uint64_t start = frontend.ring(ring).desc_gpa();
-        const std::uint64_t end = start + DriverRing::footprint(options.queue_size);
+        const std::uint64_t end = start + frontend.ring(ring).footprint();
         const std::uint64_t rs = r.region.guest_phys_addr, re = rs + r.region.memory_size;
         ASSERT_TRUE(end <= rs || start >= re || (start >= rs && end <= re)) << "ring " << ring << " spans regions";
       }
@@ -101,15 +102,17 @@ TEST_F(MemoryTest, MemTableSwapUnderTrafficIsAckedAndLosesNothing) {
   }
   const std::string error = traffic.stop();
   EXPECT_EQ(error, "");
-  EXPECT_EQ(device_used_idx(frontend, 0), static_cast<std::uint16_t>(traffic.per_ring(0)));
-  EXPECT_EQ(device_used_idx(frontend, 1), static_cast<std::uint16_t>(traffic.per_ring(1)));
+  for (std::size_t ring = 0; ring < 2; ++ring) {
+    EXPECT_EQ(frontend.ring(ring).popped(), traffic.per_ring(ring)) << "ring " << ring;
+    EXPECT_TRUE(frontend.ring(ring).settled()) << "ring " << ring << ": " << frontend.ring(ring).describe();
+  }
   EXPECT_EQ(report(0).errors + report(1).errors, 0u);
   EXPECT_TRUE(daemon_->connected());
 }
 
-TEST_F(MemoryTest, BuffersSpanningTwoRegionsAreSplitCorrectly) {
+TEST_P(MemoryTest, BuffersSpanningTwoRegionsAreSplitCorrectly) {
   TestFrontend frontend = connect();
-  DeviceOptions options;
+  DeviceOptions options = this->options();
   options.mem_regions = 2;
   frontend.setup_device(options);
   const auto regions = frontend.memory_regions(2);
@@ -120,17 +123,18 @@ TEST_F(MemoryTest, BuffersSpanningTwoRegionsAreSplitCorrectly) {
   TestGuestMemory& memory = frontend.memory();
   std::vector<std::uint8_t> request(3000);
   for (std::size_t i = 0; i < request.size(); ++i) request[i] = static_cast<std::uint8_t>(i * 13 + 5);
-  DriverRing& ring = frontend.ring(0);
+  GuestRing& ring = frontend.ring(0);
 
   // 1) The readable buffer straddles the boundary ([b-500, b+2500)); the writable one is in region 1.
   const std::uint64_t read_span = boundary - 500;
   const std::uint64_t write_gpa = boundary + 4096;
   memory.write(read_span, request.data(), request.size());
   memory.fill(write_gpa, 0xee, request.size());
-  ring.add_chain({DriverBuffer{read_span, 3000, false}, DriverBuffer{write_gpa, 3000, true}});
+  const std::uint16_t first = ring.add_chain({DriverBuffer{read_span, 3000, false}, DriverBuffer{write_gpa, 3000, true}});
   frontend.kick(0);
   ASSERT_TRUE(wait_until([&] { return ring.used_pending() == 1; })) << to_string(report(0).error);
   auto used = ring.pop_used();
+  EXPECT_EQ(used->id, first);
   EXPECT_EQ(used->len, 3000u);
   EXPECT_EQ(memory.bytes(write_gpa, 3000), request);
 
@@ -139,18 +143,19 @@ TEST_F(MemoryTest, BuffersSpanningTwoRegionsAreSplitCorrectly) {
   const std::uint64_t write_span = boundary - 1500;
   memory.write(read_gpa, request.data(), request.size());
   memory.fill(write_span, 0xee, 3000);
-  ring.add_chain({DriverBuffer{read_gpa, 3000, false}, DriverBuffer{write_span, 3000, true}});
+  const std::uint16_t second = ring.add_chain({DriverBuffer{read_gpa, 3000, false}, DriverBuffer{write_span, 3000, true}});
   frontend.kick(0);
   ASSERT_TRUE(wait_until([&] { return ring.used_pending() == 1; })) << to_string(report(0).error);
   used = ring.pop_used();
+  EXPECT_EQ(used->id, second);
   EXPECT_EQ(used->len, 3000u);
   EXPECT_EQ(memory.bytes(write_span, 3000), request);
   EXPECT_EQ(report(0).error, RingError::none);
 }
 
-TEST_F(MemoryTest, LogAllToggledUnderTrafficNeverStopsOrResetsRings) {
+TEST_P(MemoryTest, LogAllToggledUnderTrafficNeverStopsOrResetsRings) {
   TestFrontend frontend = connect();
-  const std::uint64_t features = frontend.setup_device();
+  const std::uint64_t features = frontend.setup_device(options());
   ASSERT_TRUE(frontend.get_features() & kVirtioFLogAll) << "LOG_ALL not offered";
 
   TrafficThread traffic(frontend, true);
@@ -166,9 +171,15 @@ TEST_F(MemoryTest, LogAllToggledUnderTrafficNeverStopsOrResetsRings) {
     }
   }
   EXPECT_EQ(traffic.stop(), "");
-  // The indexes continued: used idx == every request ever pushed on the ring.
-  EXPECT_EQ(device_used_idx(frontend, 0), static_cast<std::uint16_t>(traffic.per_ring(0)));
-  EXPECT_EQ(device_used_idx(frontend, 1), static_cast<std::uint16_t>(traffic.per_ring(1)));
+  // The positions continued: every request ever pushed on a ring was used, nothing more (split:
+  // used idx == avail idx == requests; packed: used position == avail position).
+  for (std::size_t ring = 0; ring < 2; ++ring) {
+    EXPECT_EQ(frontend.ring(ring).popped(), traffic.per_ring(ring)) << "ring " << ring;
+    EXPECT_TRUE(frontend.ring(ring).settled()) << "ring " << ring << ": " << frontend.ring(ring).describe();
+    if (!packed()) {
+      EXPECT_EQ(device_used_idx(frontend, ring), static_cast<std::uint16_t>(traffic.per_ring(ring)));
+    }
+  }
   EXPECT_TRUE(wait_until([&] { return report(0).requests + report(1).requests == traffic.completed(); }));
 }
 
@@ -201,9 +212,10 @@ class DirtyLog {
   std::uint64_t bytes_;
 };
 
-TEST_F(MemoryTest, DirtyLogMarksWrittenBuffersAndTheUsedRing) {
+// Split: the used ring is logged; packed: the descriptors the used elements were written to.
+TEST_P(MemoryTest, DirtyLogMarksWrittenBuffersAndTheUsedRing) {
   TestFrontend frontend = connect();
-  DeviceOptions options;
+  DeviceOptions options = this->options();
   const std::uint64_t features = frontend.setup_device(options);
   ASSERT_TRUE(frontend.acked_protocol_features() & protocol_bit(ProtocolFeature::log_shmfd));
   echo_one(frontend, 0);
@@ -227,7 +239,7 @@ TEST_F(MemoryTest, DirtyLogMarksWrittenBuffersAndTheUsedRing) {
   frontend.kick(0);
   ASSERT_NO_THROW(complete_echoes(frontend, 0, pending));
 
-  const DriverRing& ring = frontend.ring(0);
+  const GuestRing& ring = frontend.ring(0);
   for (const PendingEcho& p : written) {
     for (const auto& [gpa, len] : p.writable) {
       for (std::uint64_t page = gpa & ~4095ull; page < gpa + len; page += 4096) {
@@ -241,10 +253,20 @@ TEST_F(MemoryTest, DirtyLogMarksWrittenBuffersAndTheUsedRing) {
       EXPECT_FALSE(log.dirty(slot_page)) << "read-only page 0x" << std::hex << slot_page << " marked dirty";
     }
   }
-  for (std::uint64_t page = ring.used_gpa(); page < ring.used_gpa() + used_ring_bytes(ring.size()); page += 4096) {
-    EXPECT_TRUE(log.dirty(page)) << "used ring page 0x" << std::hex << page << " not marked";
+  if (packed()) {
+    // 8 two-descriptor chains after echo_one's (slots 0-1): used descriptors in slots 2, 4, ..., 16.
+    for (std::uint32_t k = 0; k < 8; ++k) {
+      const std::uint32_t slot = 2 + 2 * k;
+      EXPECT_TRUE(log.dirty(ring.desc_gpa() + 16ull * slot)) << "page of used descriptor slot " << slot
+                                                             << " not marked";
+    }
+  } else {
+    for (std::uint64_t page = ring.used_area_gpa(); page < ring.used_area_gpa() + ring.used_area_bytes();
+         page += 4096) {
+      EXPECT_TRUE(log.dirty(page)) << "used ring page 0x" << std::hex << page << " not marked";
+    }
+    EXPECT_FALSE(log.dirty(ring.desc_gpa())) << "the descriptor table is never written by the device";
   }
-  EXPECT_FALSE(log.dirty(ring.desc_gpa())) << "the descriptor table is never written by the device";
 
   // LOG_ALL off: nothing is marked any more.
   frontend.set_features(features);
@@ -253,9 +275,9 @@ TEST_F(MemoryTest, DirtyLogMarksWrittenBuffersAndTheUsedRing) {
   EXPECT_FALSE(log.any()) << "pages marked dirty while LOG_ALL is off";
 }
 
-TEST_F(MemoryTest, AddAndRemoveMemoryRegions) {
+TEST_P(MemoryTest, AddAndRemoveMemoryRegions) {
   TestFrontend frontend = connect();
-  DeviceOptions options;
+  DeviceOptions options = this->options();
   options.add_mem_reg = true;
   options.mem_regions = 2;
   frontend.setup_device(options);
@@ -282,11 +304,13 @@ TEST_F(MemoryTest, AddAndRemoveMemoryRegions) {
   std::vector<std::uint8_t> request(2000, 0x5a);
   extra.write(kExtraGpa, request.data(), request.size());
   extra.fill(kExtraGpa + 4096, 0, request.size());
-  DriverRing& ring = frontend.ring(0);
-  ring.add_chain({DriverBuffer{kExtraGpa, 2000, false}, DriverBuffer{kExtraGpa + 4096, 2000, true}});
+  GuestRing& ring = frontend.ring(0);
+  const std::uint16_t id = ring.add_chain({DriverBuffer{kExtraGpa, 2000, false}, DriverBuffer{kExtraGpa + 4096, 2000, true}});
   frontend.kick(0);
   ASSERT_TRUE(wait_until([&] { return ring.used_pending() == 1; }));
-  EXPECT_EQ(ring.pop_used()->len, 2000u);
+  const std::optional<UsedBuffer> used = ring.pop_used();
+  EXPECT_EQ(used->id, id);
+  EXPECT_EQ(used->len, 2000u);
   EXPECT_EQ(extra.bytes(kExtraGpa + 4096, 2000), request);
 
   ASSERT_NO_THROW(frontend.rem_mem_reg(spec.region));
@@ -302,6 +326,8 @@ TEST_F(MemoryTest, AddAndRemoveMemoryRegions) {
       << "error " << to_string(report(0).error);
   for (int i = 0; i < 20; ++i) ASSERT_NO_THROW(echo_one(frontend, 1, 300, i));
 }
+
+INSTANTIATE_LAYOUTS(MemoryTest);
 
 }  // namespace
 }  // namespace vhostd::test

@@ -10,6 +10,7 @@ namespace vhostd::test {
 namespace {
 
 using ProtocolTest = DaemonTest;
+using ProtocolTrafficTest = LayoutTest;
 
 // Negotiation only (no memory, no rings), with REPLY_ACK and every offered protocol feature.
 TestFrontend negotiated(TestFrontend frontend) {
@@ -139,7 +140,7 @@ TEST_F(ProtocolTest, HeaderVersion2ClosesTheConnectionAndTheDaemonAcceptsANewOne
   EXPECT_EQ(daemon_->connections(), 2u);
 }
 
-TEST_F(ProtocolTest, OversizedMessageClosesTheConnectionAndTheDaemonAcceptsANewOne) {
+TEST_P(ProtocolTrafficTest, OversizedMessageClosesTheConnectionAndTheDaemonAcceptsANewOne) {
   TestFrontend frontend = connect();
   std::vector<std::uint8_t> junk(4096, 0xab);
   frontend.send_header(wire::Header{static_cast<std::uint32_t>(Request::set_mem_table), 0x1, 100000}, junk);
@@ -147,15 +148,14 @@ TEST_F(ProtocolTest, OversizedMessageClosesTheConnectionAndTheDaemonAcceptsANewO
   EXPECT_TRUE(wait_disconnected());
 
   TestFrontend second = connect();
-  DeviceOptions options;
-  second.setup_device(options);
+  second.setup_device(options());
   echo_one(second, 0);
   echo_one(second, 1);
 }
 
-TEST_F(ProtocolTest, StopReturnsPromptlyWithAFrontendConnected) {
+TEST_P(ProtocolTrafficTest, StopReturnsPromptlyWithAFrontendConnected) {
   TestFrontend frontend = connect();
-  frontend.setup_device();
+  frontend.setup_device(options());
   echo_one(frontend, 0);
   ASSERT_TRUE(path_exists(path_));
 
@@ -179,6 +179,8 @@ TEST_F(ProtocolTest, ExitEventStopsTheDaemon) {
   EXPECT_FALSE(path_exists(path_));
   EXPECT_TRUE(frontend.wait_closed());
 }
+
+INSTANTIATE_LAYOUTS(ProtocolTrafficTest);
 
 }  // namespace
 }  // namespace vhostd::test
