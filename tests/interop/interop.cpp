@@ -307,6 +307,8 @@ Testpmd::Testpmd(const TempDir& dir, const std::string& name, TestpmdConfig conf
     if (port.mrg_rxbuf) vdev += ",mrg_rxbuf=" + std::to_string(*port.mrg_rxbuf);
     if (!port.mac.empty()) vdev += ",mac=" + port.mac;
     if (port.server) vdev += ",server=1";
+    if (port.packed_vq) vdev += ",packed_vq=" + std::to_string(*port.packed_vq);
+    if (port.in_order) vdev += ",in_order=" + std::to_string(*port.in_order);
     argv.insert(argv.end(), {"--vdev", vdev});
     queues = std::max(queues, port.queues);
   }

@@ -57,6 +57,8 @@ struct VirtioUserPort {
   std::optional<int> mrg_rxbuf;  // unset: virtio-user's default (on)
   std::string mac;               // unset: random
   bool server = false;           // virtio-user listens on path (the backend connects)
+  std::optional<int> packed_vq;  // unset: virtio-user's default (split rings)
+  std::optional<int> in_order;   // unset: virtio-user's default (on)
 };
 
 struct TestpmdConfig {

@@ -4,6 +4,8 @@
 //  - two ports forwarding in a loop: conservation (nothing lost or duplicated), the
 //    --stats-period line format; frames field by field after a trip (MACs, EtherType, length,
 //    IPv4/UDP headers), sent as two-descriptor chains;
+//  - each of the above on split rings and on packed rings with IN_ORDER and MRG_RXBUF off and
+//    on (virtio-user's packed_vq / in_order / mrg_rxbuf devargs);
 //  - two queue pairs, both directions; MRG_RXBUF off and on, frames up to 4000 bytes, and
 //    oversize frames without MRG_RXBUF dropped and counted, never truncated;
 //  - a frontend SIGKILLed and restarted; vhostd-fwd as the vhost-user client; SIGINT and
@@ -93,6 +95,9 @@ Result finish(Testpmd& pmd, VhostdFwd& vhostd, Order order, int sig = SIGINT) {
     run.totals = vhostd.stop(sig);
     pmd.quit(/*backend_gone=*/true);
   }
+  // A guest that follows the virtio spec never gets a ring stopped as broken.
+  EXPECT_EQ(vhostd.process().output().find("stopped: the guest broke"), std::string::npos)
+      << vhostd.process().tail();
   for (const auto& [port, t] : run.totals) {
     const FwdPortStats f = run.fwd.ports.count(port) ? run.fwd.ports.at(port) : FwdPortStats{};
     const NicStats n = run.nic.count(port) ? run.nic.at(port) : NicStats{};
@@ -105,13 +110,50 @@ Result finish(Testpmd& pmd, VhostdFwd& vhostd, Order order, int sig = SIGINT) {
   return run;
 }
 
+// The ring layouts and ring features the traffic tests run under: virtio-user's defaults
+// (split rings, IN_ORDER and MRG_RXBUF on), and packed rings with IN_ORDER and MRG_RXBUF each
+// off and on. The backend offers all of them; the frontend's devargs pick.
+struct RingCase {
+  const char* name;
+  std::optional<int> packed_vq, in_order, mrg_rxbuf;
+};
+class InteropRingTest : public InteropTest, public ::testing::WithParamInterface<RingCase> {
+ protected:
+  // `config` with every port's virtio-user devargs set to this case's.
+  TestpmdConfig with_ring(TestpmdConfig config) const {
+    for (VirtioUserPort& port : config.ports) {
+      port.packed_vq = GetParam().packed_vq;
+      port.in_order = GetParam().in_order;
+      if (GetParam().mrg_rxbuf) port.mrg_rxbuf = GetParam().mrg_rxbuf;
+    }
+    return config;
+  }
+  // vhostd-fwd logs what each connection negotiated: every one must have this case's layout
+  // and in-order setting (virtio-user silently falls back to split rings when packed ones are
+  // not offered, which would make the packed cases test nothing).
+  void expect_negotiated(VhostdFwd& vhostd) const {
+    const bool packed = GetParam().packed_vq.value_or(0) == 1;
+    const bool in_order = GetParam().in_order.value_or(1) == 1;
+    int connections = 0;
+    for (const std::string& line : split_lines(vhostd.process().output())) {
+      const auto at = line.find(": features 0x");
+      if (at == std::string::npos) continue;
+      ++connections;
+      EXPECT_NE(line.find(packed ? ": packed rings" : ": split rings"), std::string::npos) << line;
+      EXPECT_EQ(line.find(", in-order") != std::string::npos, in_order) << line;
+    }
+    EXPECT_GE(connections, 1) << "no negotiation logged:\n" << vhostd.process().tail();
+  }
+};
+
 // Guest -> backend: testpmd generates 64-byte frames, vhostd-fwd counts and drops them.
-TEST_F(InteropTest, GuestToBackendCountsMatch) {
+TEST_P(InteropRingTest, GuestToBackendCountsMatch) {
   VhostdFwd& vhostd = start_vhostd(backend({{socket("p0.sock")}}, "rxonly"));
-  Testpmd& pmd = start_testpmd(guest({{socket("p0.sock")}}, "txonly"));
+  Testpmd& pmd = start_testpmd(with_ring(guest({{socket("p0.sock")}}, "txonly")));
   pmd.start();
   std::this_thread::sleep_for(kTraffic);
   const Result run = finish(pmd, vhostd, Order::kFrontendFirst);
+  expect_negotiated(vhostd);
 
   const std::uint64_t sent = run.fwd.ports.at(0).tx_packets;
   // More than one ring's worth: the backend returned descriptors and testpmd reused them.
@@ -126,12 +168,13 @@ TEST_F(InteropTest, GuestToBackendCountsMatch) {
 }
 
 // Backend -> guest: vhostd-fwd generates 64-byte frames, testpmd receives them.
-TEST_F(InteropTest, BackendToGuestFrames) {
+TEST_P(InteropRingTest, BackendToGuestFrames) {
   VhostdFwd& vhostd = start_vhostd(backend({{socket("p0.sock")}}, "txonly", 64));
-  Testpmd& pmd = start_testpmd(guest({{socket("p0.sock")}}, "rxonly"));
+  Testpmd& pmd = start_testpmd(with_ring(guest({{socket("p0.sock")}}, "rxonly")));
   pmd.start();
   std::this_thread::sleep_for(kTraffic);
   const Result run = finish(pmd, vhostd, Order::kFrontendFirst);
+  expect_negotiated(vhostd);
 
   const NicStats& nic = run.nic.at(0);
   const PortTotals& t = run.totals.at(0);
@@ -149,14 +192,15 @@ TEST_F(InteropTest, BackendToGuestFrames) {
 // Two ports, vhostd-fwd forwarding 0 <-> 1 (io), testpmd forwarding 1 <-> 0 (io) after one
 // injected burst per port: the same 2 x 32 packets go round the loop for the whole run. The
 // books must balance exactly: nothing lost, nothing duplicated.
-TEST_F(InteropTest, TwoPortLoopConservesPackets) {
+TEST_P(InteropRingTest, TwoPortLoopConservesPackets) {
   FwdSpec spec = backend({{socket("p0.sock")}, {socket("p1.sock")}}, "io");
   spec.stats_period = 1;
   VhostdFwd& vhostd = start_vhostd(spec);
-  Testpmd& pmd = start_testpmd(guest({{socket("p0.sock")}, {socket("p1.sock")}}, "io"));
+  Testpmd& pmd = start_testpmd(with_ring(guest({{socket("p0.sock")}, {socket("p1.sock")}}, "io")));
   pmd.start(/*tx_first=*/true);
   std::this_thread::sleep_for(kTraffic);
   const Result run = finish(pmd, vhostd, Order::kBackendFirst);
+  expect_negotiated(vhostd);
 
   const std::uint64_t injected = 2 * kBurst;
   std::uint64_t pmd_rx = 0, pmd_tx = 0, pmd_dropped = 0, rx = 0, tx = 0, drops = 0, errors = 0;
@@ -248,13 +292,13 @@ TEST_F(InteropTest, BackendAsClient) {
 // segments (64 + 936 bytes: the backend must gather a descriptor chain, or an indirect table
 // if negotiated), with known MACs; every frame must arrive once, on the other port, unchanged
 // in all of the above, and the byte counts must match on both sides.
-TEST_F(InteropTest, TwoPortFramesIntact) {
+TEST_P(InteropRingTest, TwoPortFramesIntact) {
   const std::string mac[2] = {"02:00:00:00:00:10", "02:00:00:00:00:11"};
   constexpr std::uint64_t kFrame = 1000;
   VhostdFwd& vhostd = start_vhostd(backend({{socket("p0.sock")}, {socket("p1.sock")}}, "io"));
-  Testpmd& pmd = start_testpmd(guest(
+  Testpmd& pmd = start_testpmd(with_ring(guest(
       {{socket("p0.sock"), 1, {}, mac[0]}, {socket("p1.sock"), 1, {}, mac[1]}}, "rxonly", "64,936",
-      {"--tx-offloads=0x8000", "--eth-peer=0," + mac[1], "--eth-peer=1," + mac[0]}));
+      {"--tx-offloads=0x8000", "--eth-peer=0," + mac[1], "--eth-peer=1," + mac[0]})));
   pmd.command("set verbose 1");
   const std::size_t before = pmd.process().output().size();
   pmd.start(/*tx_first=*/true);
@@ -266,6 +310,7 @@ TEST_F(InteropTest, TwoPortFramesIntact) {
   EXPECT_TRUE(all) << "testpmd did not receive the " << 2 * kBurst << " frames";
   std::this_thread::sleep_for(200ms);  // anything extra would show now
   const Result run = finish(pmd, vhostd, Order::kFrontendFirst);
+  expect_negotiated(vhostd);
 
   const auto dumps = parse_rx_dumps(pmd.process().output().substr(before));
   EXPECT_EQ(dumps.size(), 2u * kBurst);
@@ -298,6 +343,13 @@ TEST_F(InteropTest, TwoPortFramesIntact) {
     EXPECT_EQ(t.errors, 0u) << "port " << p;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Rings, InteropRingTest,
+    ::testing::Values(RingCase{"split", {}, {}, {}}, RingCase{"packed_inorder0_mrg0", 1, 0, 0},
+                      RingCase{"packed_inorder0_mrg1", 1, 0, 1}, RingCase{"packed_inorder1_mrg0", 1, 1, 0},
+                      RingCase{"packed_inorder1_mrg1", 1, 1, 1}),
+    [](const ::testing::TestParamInfo<RingCase>& info) { return std::string(info.param.name); });
 
 // Two queue pairs, guest -> backend: testpmd sends on both TX queues; more than a ring's worth
 // on each proves the backend serves both, and the counts add up exactly.
