@@ -300,11 +300,17 @@ TEST_F(PackedTest, HostileRingsAreStoppedAndCountedAndTheDaemonServesOn) {
       TestFrontend frontend = connect();
       ++connections;
       frontend.setup_device(packed_options(64));
+      UniqueFd err = make_eventfd();
+      frontend.set_vring_err(0, err.get());
       echo_one(frontend, 1);
       c.write(frontend);
       frontend.kick(0);
       ASSERT_TRUE(wait_until([&] { return report(0).error != RingError::none; }))
           << "ring 0 did not report the hostile chain";
+      // The daemon takes the broken ring off the data path and tells the frontend through the
+      // ring's error eventfd (the reason goes to the log).
+      EXPECT_TRUE(wait_until([&] { return !report(0).polled; })) << "the broken ring is still polled";
+      EXPECT_TRUE(wait_until([&] { return eventfd_drain(err.get()); })) << "SET_VRING_ERR fd not signalled";
       EXPECT_EQ(report(0).error, c.error) << to_string(report(0).error);
       EXPECT_EQ(report(0).errors, 1u);
       EXPECT_FALSE(frontend.ring(0).has_used()) << "a hostile chain was used";
