@@ -402,10 +402,18 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
   PairStats::Rx& stats = stats_[pair].rx;
   std::uint64_t bytes = 0, errors = 0;
 
+  // Pass 1: pop the chains, prefetching each packet's first bytes. They are the burst's cache
+  // misses (the guest's core wrote them); taken one after another they would be paid in
+  // series, prefetched here they overlap.
   while (burst.num_heads_ < burst.capacity_) {
     DescriptorChain& chain = burst.chains_[burst.num_heads_];
     if (!queue.pop(chain)) break;
     burst.heads_[burst.num_heads_++] = chain.head;
+    if (VHOSTD_LIKELY(chain.num_readable != 0)) __builtin_prefetch(chain.segments[0].host);
+  }
+  // Pass 2: the headers.
+  for (std::uint16_t c = 0; c < burst.num_heads_; ++c) {
+    DescriptorChain& chain = burst.chains_[c];
     if (VHOSTD_UNLIKELY(chain.readable_bytes < header_len + kEthHeaderLen)) {
       ++errors;
       continue;
