@@ -78,7 +78,7 @@ std::vector<RingReport> Daemon::ring_reports() {
       r.empty_polls = stats.empty_polls.load(std::memory_order_relaxed);
       r.busy_cycles = stats.busy_cycles.load(std::memory_order_relaxed);
       r.notifications = stats.notifications.load(std::memory_order_relaxed);
-      for (const auto& e : stats.errors) r.errors += e.load(std::memory_order_relaxed);
+      r.errors = stats.error_total();
       reports.push_back(r);
     }
   });

@@ -24,13 +24,6 @@ constexpr std::uint64_t kDeviceProtocolFeatures =
 
 constexpr bool is_power_of_two(std::uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
-// Every error the ring's owner counted so far (relaxed: a monotonic counter, read anywhere).
-std::uint64_t error_count(const RingStats& stats) {
-  std::uint64_t n = 0;
-  for (const auto& e : stats.errors) n += e.load(std::memory_order_relaxed);
-  return n;
-}
-
 // Requests whose reply carries a body: a failure still answers, with an empty body.
 bool has_reply_body(Request request) {
   switch (request) {
@@ -534,7 +527,7 @@ void Session::start_ring(std::uint16_t index) {
     return configured;
   });
   if (!ok) return;
-  slot.errors_at_start = error_count(slot.vring->unlocked().stats());
+  slot.errors_at_start = slot.vring->unlocked().stats().error_total();
   host_.start_polling(index, *slot.vring);
   slot.polled = true;
 }
@@ -545,7 +538,7 @@ std::size_t Session::check_ring_errors() {
     RingSlot& slot = rings_[i];
     // The counters are atomics the owner bumps when it puts the ring in error: safe to read
     // while the ring runs (its error field is not, until the ring is off the data path).
-    if (!slot.polled || error_count(slot.vring->unlocked().stats()) == slot.errors_at_start) continue;
+    if (!slot.polled || slot.vring->unlocked().stats().error_total() == slot.errors_at_start) continue;
     host_.stop_polling(i, *slot.vring);
     slot.polled = false;
     slot.vring->with_mut([&](VringState& ring) {

@@ -110,6 +110,12 @@ struct RingStats {
   std::array<std::atomic<std::uint64_t>, kNumRingErrors> errors{};  // by RingError
 
   void add(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept { add_single_writer(counter, n); }
+  // Every error counted so far, all kinds (relaxed: monotonic counters, read from any thread).
+  std::uint64_t error_total() const noexcept {
+    std::uint64_t n = 0;
+    for (const auto& e : errors) n += e.load(std::memory_order_relaxed);
+    return n;
+  }
 };
 
 // One guest buffer piece, already translated.
