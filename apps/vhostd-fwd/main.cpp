@@ -2,7 +2,8 @@
 //
 //   vhostd-fwd -l 1 --main-lcore 0 --port path=/tmp/p0.sock[,queues=2][,client][,mrg_rxbuf=0|1]
 //              [--port ...] --fwd io|macswap|rxonly|txonly|l2 [--burst 64] [--txpkts 64]
-//              [--stats-period 1] [--tx-retry N]
+//              [--stats-period 1] [--tx-retry N] [--poll-mode busy|interrupt|adaptive]
+//              [--idle-threshold-us 200]
 //
 // The main thread parses, starts one Daemon per port on a shared Runtime, prints the ring
 // placement and `ready`, then prints stats every period until SIGINT/SIGTERM; then it stops
@@ -38,7 +39,8 @@ void on_signal(int) {
                "usage: vhostd-fwd [-l LIST | --lcores MAP] [--main-lcore N]\n"
                "                  --port path=PATH[,queues=N][,client][,mrg_rxbuf=0|1][,mac=XX:..:XX] [--port ...]\n"
                "                  [--fwd io|macswap|rxonly|txonly|l2] [--burst N] [--txpkts N]\n"
-               "                  [--stats-period SECONDS] [--tx-retry N]\n",
+               "                  [--stats-period SECONDS] [--tx-retry N]\n"
+               "                  [--poll-mode busy|interrupt|adaptive] [--idle-threshold-us N]\n",
                error.c_str());
   std::exit(2);
 }
@@ -127,6 +129,7 @@ int main(int argc, char** argv) {
 
   std::vector<PortSpec> specs;
   fwd::FwdOptions options;
+  PollerOptions poller_options;
   unsigned long stats_period = 0;
   for (std::size_t i = 0; i < rest.size(); ++i) {
     const std::string& arg = rest[i];
@@ -152,6 +155,16 @@ int main(int argc, char** argv) {
       options.txpkts = static_cast<std::uint32_t>(txpkts);
     } else if (arg == "--stats-period") {
       stats_period = parse_number(arg, value());
+    } else if (arg == "--poll-mode") {
+      try {
+        poller_options.mode = parse_poll_mode(value());
+      } catch (const Error& error) {
+        usage(error.what());
+      }
+    } else if (arg == "--idle-threshold-us") {
+      const unsigned long us = parse_number(arg, value());
+      if (us > 10'000'000) usage("--idle-threshold-us must be at most 10000000");
+      poller_options.idle_threshold = std::chrono::microseconds(us);
     } else if (arg == "--tx-retry") {
       options.tx_retries = static_cast<std::uint32_t>(parse_number(arg, value()));
     } else {
@@ -161,7 +174,7 @@ int main(int argc, char** argv) {
   if (specs.empty()) usage("at least one --port is required");
 
   try {
-    Runtime runtime(cores);
+    Runtime runtime(cores, poller_options);
     std::vector<std::shared_ptr<net::NetPort>> ports;
     std::vector<net::NetPort*> raw;
     for (std::size_t i = 0; i < specs.size(); ++i) {
@@ -170,9 +183,9 @@ int main(int argc, char** argv) {
     }
     fwd::Forwarder forwarder(options, raw, runtime.num_pollers());
 
-    std::printf("vhostd-fwd: fwd %s, burst %u, %zu data lcore(s), main lcore %u (cpu %s)\n",
+    std::printf("vhostd-fwd: fwd %s, burst %u, %zu data lcore(s), main lcore %u (cpu %s), poll mode %s\n",
                 fwd::to_string(options.mode), options.burst, runtime.num_pollers(), cores.main_lcore,
-                format_id_list(cores.lcore(cores.main_lcore).cpus).c_str());
+                format_id_list(cores.lcore(cores.main_lcore).cpus).c_str(), to_string(poller_options.mode));
     for (std::size_t i = 0; i < ports.size(); ++i) {
       auto plan = forwarder.plan_placement(i);
       for (std::size_t l = 0; l < plan.size(); ++l) {

@@ -6,11 +6,11 @@
 
 namespace vhostd {
 
-Runtime::Runtime(const CoreConfig& cores) : cores_(cores) {
+Runtime::Runtime(const CoreConfig& cores, PollerOptions pollers) : cores_(cores) {
   std::vector<unsigned> data = cores_.data_lcores();
   if (data.empty()) throw_error("runtime: no data lcore (give at least two lcores, or --lcores with a data lcore)");
   for (unsigned id : data) {
-    pollers_.push_back(std::make_unique<Poller>(id, cores_.lcore(id).cpus, qsbr_));
+    pollers_.push_back(std::make_unique<Poller>(id, cores_.lcore(id).cpus, qsbr_, pollers));
   }
   const LcoreMapping& main = cores_.lcore(cores_.main_lcore);
   control_thread_ = std::make_unique<LcoreThread>(

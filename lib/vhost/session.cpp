@@ -431,7 +431,8 @@ void Session::set_vring_fd(Message& message) {
   }
   slot.kick_nofd = nofd;
   const int kick = fd.get();
-  slot.vring->with_mut([&](VringState& ring) { ring.set_kick(std::move(fd)); });
+  // A poller that sleeps waits on the kick fd: swap it with the ring off the poller.
+  with_ring_paused(ring_index, [&](VringState& ring) { ring.set_kick(std::move(fd)); });
   if (nofd) {
     // No kick fd: the frontend expects the ring to be polled; it starts now.
     slot.started = true;

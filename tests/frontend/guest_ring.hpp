@@ -202,6 +202,21 @@ class GuestRing {
     return needed;
   }
 
+  // Whether the device has notifications on for the next buffer the driver makes available:
+  // split: NO_NOTIFY clear, or with EVENT_IDX avail_event at the driver's avail idx; packed: the
+  // device area says ENABLE, or DESC naming the driver's next avail slot and wrap.
+  bool device_wants_kick(bool event_idx) const noexcept {
+    if (packed_) {
+      const PackedEventSuppress event = packed_->device_event();
+      const std::uint16_t f = event.flags & kRingEventFlagsMask;
+      if (f == kRingEventFlagsEnable) return true;
+      if (f != kRingEventFlagsDesc) return false;
+      return event.off_wrap == (packed_->next_avail() | (packed_->avail_wrap() ? kPackedWrapBit : 0u));
+    }
+    if (event_idx) return split_->avail_event() == split_->avail_idx();
+    return (split_->used_flags() & kVringUsedFNoNotify) == 0;
+  }
+
   // Positions, for failure messages.
   std::string describe() const {
     if (packed_) {

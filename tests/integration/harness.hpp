@@ -51,7 +51,7 @@ class DaemonTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     path_ = dir_ + "/echo.sock";
-    runtime_ = std::make_unique<Runtime>(Runtime::default_cores());
+    runtime_ = std::make_unique<Runtime>(Runtime::default_cores(), poller_options_);
     backend_ = std::make_shared<EchoBackend>();
     daemon_ = std::make_unique<Daemon>("echo", backend_, *runtime_);
     if (start_server_) daemon_->start_server(path_);
@@ -93,6 +93,7 @@ class DaemonTest : public ::testing::Test {
   }
 
   bool start_server_ = true;
+  PollerOptions poller_options_;  // set before DaemonTest::SetUp() runs
   std::string dir_;
   std::string path_;
   std::unique_ptr<Runtime> runtime_;

@@ -19,9 +19,9 @@ class LcoreThread;
 
 class Runtime {
  public:
-  // Starts the control lcore and one poller per data lcore. Throws Error if a CPU cannot be
-  // used or the config has no data lcore.
-  explicit Runtime(const CoreConfig& cores);
+  // Starts the control lcore and one poller per data lcore, every poller in `pollers`' mode.
+  // Throws Error if a CPU cannot be used or the config has no data lcore.
+  explicit Runtime(const CoreConfig& cores, PollerOptions pollers = {});
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
