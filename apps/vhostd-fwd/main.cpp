@@ -261,6 +261,13 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(t.tx_packets), static_cast<unsigned long long>(t.tx_bytes),
                   static_cast<unsigned long long>(t.tx_drops), static_cast<unsigned long long>(t.rx_errors));
     }
+    for (std::size_t l = 0; l < runtime.num_pollers(); ++l) {
+      const Poller& poller = runtime.poller(l);
+      std::printf("total lcore %u: loops %llu busy-loops %llu sleeps %llu\n", poller.lcore_id(),
+                  static_cast<unsigned long long>(poller.stats().loops.load()),
+                  static_cast<unsigned long long>(poller.stats().busy_loops.load()),
+                  static_cast<unsigned long long>(poller.stats().sleeps.load()));
+    }
     std::fflush(stdout);
   } catch (const Error& error) {
     std::fprintf(stderr, "vhostd-fwd: %s\n", error.what());

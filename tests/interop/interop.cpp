@@ -407,6 +407,7 @@ std::vector<std::string> VhostdFwd::arguments(const FwdSpec& spec) {
   if (spec.stats_period > 0) {
     args.insert(args.end(), {"--stats-period", std::to_string(spec.stats_period)});
   }
+  args.insert(args.end(), spec.extra_args.begin(), spec.extra_args.end());
   return args;
 }
 

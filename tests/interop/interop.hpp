@@ -154,6 +154,7 @@ struct FwdSpec {
   int txpkts = 64;
   int burst = 64;
   int stats_period = 0;
+  std::vector<std::string> extra_args;  // appended as they are (e.g. --poll-mode adaptive)
 };
 
 class VhostdFwd {
