@@ -34,6 +34,7 @@
 #
 # Usage: perf/e2e.sh [--ring split|packed|both] [--seconds N] [--repeat N] [--scenarios g2b,b2g,loop,fwd2]
 #                    [--csv FILE] [--png FILE] [--build DIR] [--native] [--no-huge] [--logs DIR]
+#                    [--vhostd-args "ARGS"]
 #   --repeat     runs per backend and cell, alternating the backends; the best is kept (default 3)
 #   --scenarios  also takes numbers: 1=g2b 2=b2g 3=loop 4=fwd2 (default: all four)
 #   --build      where vhostd-fwd is built (default build-perf in the source tree); set up with
@@ -41,6 +42,7 @@
 #                not a build directory yet; `ninja -C DIR apps/vhostd-fwd` runs every time
 #   --csv/--png  also write the CSV / the chart there (default chart: DIR/e2e.png)
 #   --logs       keep every process's log in DIR (default: a temporary directory, removed)
+#   --vhostd-args more vhostd-fwd options, word-split (e.g. "--poll-mode adaptive")
 # Needs dpdk-testpmd (Debian: dpdk), meson and ninja, CPUs 0 and 1.
 set -uo pipefail
 
@@ -55,6 +57,7 @@ BUILD=$ROOT/build-perf
 NATIVE=false
 HUGE=auto
 LOGS=""
+VHOSTD_ARGS=()
 STATS_PERIOD=2
 PKT_BYTES=64
 START_TIMEOUT=30     # seconds for a backend to listen / a frontend to start forwarding
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --native) NATIVE=true ;;
     --no-huge) HUGE=no ;;
     --logs) LOGS=${2:?}; shift ;;
+    --vhostd-args) read -ra VHOSTD_ARGS <<<"${2?}"; shift ;;
     -h|--help) usage 0 ;;
     *) echo "e2e: unknown option: $1" >&2; usage 2 ;;
   esac
@@ -287,7 +291,7 @@ run_one() {
     for ((i = 0; i < nports; i++)); do be_args+=(--port "path=${socks[i]}"); done
     [ "$be_mode" = txonly ] && be_args+=(--txpkts "$PKT_BYTES")
     start_bg "$dir/backend.log" "$vhostd_bin" -l 0,1 --main-lcore 0 "${be_args[@]}" --fwd "$be_mode" \
-      --stats-period "$STATS_PERIOD"
+      --stats-period "$STATS_PERIOD" "${VHOSTD_ARGS[@]}"
   fi
   local be_pid=$bg_pid ready="" deadline=$((SECONDS + START_TIMEOUT))
   while [ "$SECONDS" -lt "$deadline" ]; do
@@ -430,7 +434,7 @@ done
 echo
 echo "vhostd-fwd vs DPDK net_vhost, each against DPDK net_virtio_user (dpdk-testpmd $dpdk_version)"
 echo "${PKT_BYTES} B frames, ${SECONDS_PER_RUN} s per run, best of ${REPEAT} runs per backend, Mpps = max over ${STATS_PERIOD}-s periods; backend on CPU 1 (main lcore CPU 0), frontend on CPU 0"
-echo "vhostd-fwd build: $build_desc"
+echo "vhostd-fwd build: $build_desc${VHOSTD_ARGS[*]:+; options: ${VHOSTD_ARGS[*]}}"
 echo "memory: $memory"
 echo
 row scenario ring headline DPDK vhostd ratio "DPDK fe" "DPDK be" "vhostd fe" "vhostd be"

@@ -60,6 +60,8 @@ TEST_F(CommandLineTest, BadOptionsAreRefusedWithExitStatusTwoAndTheirName) {
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--txpkts", "59"}, "--txpkts"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--stats-period", "x"}, "--stats-period"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--frobnicate"}, "--frobnicate"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--poll-mode", "sleepy"}, "sleepy"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--idle-threshold-us", "-5"}, "--idle-threshold-us"},
       {{"-l", "0,4095", "--main-lcore", "0", "--port", sock}, "4095"},
       {{"-l", "0,1,1", "--main-lcore", "0", "--port", sock}, "1"},
   };
