@@ -2,12 +2,14 @@
 //
 // Modes (testpmd's names): io (ports in pairs 0<->1, 2<->3; a lone last port loops back),
 // macswap, rxonly, txonly, l2 (MAC-learning switch). Every guest RX ring must have one
-// writing lcore; plan_placement() places rings so that holds for the mode:
-//   io, macswap, rxonly: guest TX rings round-robin over the data lcores (each RX ring is
-//     written only from the one TX ring that feeds it);
-//   txonly: both rings of a queue pair on one lcore, pairs round-robin (the RX ring is polled
-//     and written by that lcore);
-//   l2: queue pair q of every port on lcore q mod n (any port's TX q may write any RX q).
+// writing lcore:
+//   io, macswap, rxonly: each RX ring is written only from the one TX ring that feeds it, and
+//     txonly writes an RX ring only from that ring's own poller, so any placement of the polled
+//     rings keeps one writer: vhostd-fwd lets the daemons place them by NUMA node (or lcore=);
+//   l2: any port's TX q may write any port's RX q, so queue pair q of every port must be on one
+//     lcore: plan_placement() (q mod n), applied through NetPort::set_queue_placement().
+// plan_placement() also gives a round-robin plan for the other modes (TX rings of successive
+// pairs over the lcores; txonly: both rings of a pair together).
 #pragma once
 
 #include <atomic>

@@ -1,20 +1,29 @@
 // vhostd-fwd: the vhost-user-net forwarding app (doc/vhostd-fwd.md has the contract).
 //
 //   vhostd-fwd -l 1 --main-lcore 0 --port path=/tmp/p0.sock[,queues=2][,client][,mrg_rxbuf=0|1]
-//              [--port ...] --fwd io|macswap|rxonly|txonly|l2 [--burst 64] [--txpkts 64]
-//              [--stats-period 1] [--tx-retry N] [--poll-mode busy|interrupt|adaptive]
-//              [--idle-threshold-us 200]
+//              [,lcore=N] [--port ...] --fwd io|macswap|rxonly|txonly|l2 [--burst 64]
+//              [--txpkts 64] [--stats-period 1] [--tx-retry N]
+//              [--poll-mode busy|interrupt|adaptive] [--idle-threshold-us 200]
 //
 // The main thread parses, starts one Daemon per port on a shared Runtime, prints the ring
-// placement and `ready`, then prints stats every period until SIGINT/SIGTERM; then it stops
-// every daemon (sockets removed) and prints the totals.
+// placement known at start and `ready`, then prints stats every period until SIGINT/SIGTERM;
+// then it stops every daemon (sockets removed) and prints the totals.
+//
+// Placement: a port's polled rings go, as each starts, to the least-loaded data lcore on the
+// NUMA node of the guest's memory (the daemon logs `port0: ring 1 -> lcore 1 (cpu 1, node 0;
+// guest memory on node 0)`); `lcore=N` puts them all on data lcore N instead. --fwd l2 needs
+// queue pair q of every port on one lcore (any port's TX q may write any RX q), so it keeps
+// Forwarder::plan_placement() unless every port names the same lcore=.
 #include <poll.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,7 +46,8 @@ void on_signal(int) {
   std::fprintf(stderr,
                "vhostd-fwd: %s\n"
                "usage: vhostd-fwd [-l LIST | --lcores MAP] [--main-lcore N]\n"
-               "                  --port path=PATH[,queues=N][,client][,mrg_rxbuf=0|1][,mac=XX:..:XX] [--port ...]\n"
+               "                  --port path=PATH[,queues=N][,client][,mrg_rxbuf=0|1][,mac=XX:..:XX][,lcore=N]\n"
+               "                  [--port ...]\n"
                "                  [--fwd io|macswap|rxonly|txonly|l2] [--burst N] [--txpkts N]\n"
                "                  [--stats-period SECONDS] [--tx-retry N]\n"
                "                  [--poll-mode busy|interrupt|adaptive] [--idle-threshold-us N]\n",
@@ -55,6 +65,7 @@ unsigned long parse_number(const std::string& what, const std::string& value) {
 struct PortSpec {
   std::string path;
   bool client = false;
+  std::optional<unsigned> lcore;  // lcore=N: every polled ring on data lcore N
   net::NetPortConfig config;
 };
 
@@ -93,6 +104,10 @@ PortSpec parse_port(const std::string& text, std::size_t index) {
       spec.config.mrg_rxbuf = value == "1";
     } else if (key == "mac") {
       spec.config.mac = parse_mac(value);
+    } else if (key == "lcore") {
+      const unsigned long lcore = parse_number("--port lcore", value);
+      if (lcore > std::numeric_limits<unsigned>::max()) usage("--port lcore=" + value + ": out of range");
+      spec.lcore = static_cast<unsigned>(lcore);
     } else if (!item.empty()) {
       usage("--port: unknown or malformed item '" + item + "'");
     }
@@ -109,10 +124,34 @@ struct Sample {
   std::uint64_t busy_cycles = 0;
 };
 
-std::uint64_t port_busy_cycles(Daemon& daemon) {
-  std::uint64_t cycles = 0;
-  for (const RingReport& r : daemon.ring_reports()) cycles += r.busy_cycles;
-  return cycles;
+// Busy cycles of every ring of a port, and the data lcores polling its rings now.
+struct PortRings {
+  std::uint64_t busy_cycles = 0;
+  std::vector<unsigned> lcores;  // ascending, unique
+};
+
+PortRings port_rings(Daemon& daemon) {
+  PortRings rings;
+  for (const RingReport& r : daemon.ring_reports()) {
+    rings.busy_cycles += r.busy_cycles;
+    if (r.lcore >= 0) rings.lcores.push_back(static_cast<unsigned>(r.lcore));
+  }
+  std::sort(rings.lcores.begin(), rings.lcores.end());
+  rings.lcores.erase(std::unique(rings.lcores.begin(), rings.lcores.end()), rings.lcores.end());
+  return rings;
+}
+
+// The `assign:` line of each queue pair whose lcore is known before the guest connects.
+void print_assignment(std::size_t port, std::uint16_t pair, const Poller& poller) {
+  std::printf("assign: port %zu queue-pair %u -> lcore %u (cpu %s)\n", port, pair, poller.lcore_id(),
+              format_id_list(poller.cpus()).c_str());
+}
+
+const Poller& poller_of(Runtime& runtime, unsigned lcore_id) {
+  for (std::size_t p = 0; p < runtime.num_pollers(); ++p) {
+    if (runtime.poller(p).lcore_id() == lcore_id) return runtime.poller(p);
+  }
+  throw_error("lcore ", lcore_id, " is not a data lcore");
 }
 
 }  // namespace
@@ -172,6 +211,17 @@ int main(int argc, char** argv) {
     }
   }
   if (specs.empty()) usage("at least one --port is required");
+  const std::vector<unsigned> data_lcores = cores.data_lcores();
+  for (const PortSpec& spec : specs) {
+    if (spec.lcore && std::find(data_lcores.begin(), data_lcores.end(), *spec.lcore) == data_lcores.end()) {
+      usage("--port lcore=" + std::to_string(*spec.lcore) + ": not a data lcore (data lcores: " +
+            format_id_list(data_lcores) + ")");
+    }
+    if (options.mode == fwd::FwdMode::l2 && spec.lcore != specs.front().lcore) {
+      usage("--fwd l2: lcore= must be the same on every port, or given on none (any port's queue pair q "
+            "may write every port's RX ring q)");
+    }
+  }
 
   try {
     Runtime runtime(cores, poller_options);
@@ -187,22 +237,30 @@ int main(int argc, char** argv) {
                 fwd::to_string(options.mode), options.burst, runtime.num_pollers(), cores.main_lcore,
                 format_id_list(cores.lcore(cores.main_lcore).cpus).c_str(), to_string(poller_options.mode));
     for (std::size_t i = 0; i < ports.size(); ++i) {
-      auto plan = forwarder.plan_placement(i);
-      for (std::size_t l = 0; l < plan.size(); ++l) {
-        const Poller& poller = runtime.poller(l);
-        for (std::uint16_t ring : plan[l]) {
-          if (ring % 2 != 1 || ring == ports[i]->ctrl_ring()) continue;  // one line per pair
-          std::printf("assign: port %zu queue-pair %u -> lcore %u (cpu %s)\n", i, ring / 2u, poller.lcore_id(),
-                      format_id_list(poller.cpus()).c_str());
-        }
-      }
       ports[i]->set_handler(&forwarder);
-      ports[i]->set_queue_placement(std::move(plan));
+      const std::uint16_t pairs = ports[i]->config().queue_pairs;
+      if (specs[i].lcore) {
+        for (std::uint16_t q = 0; q < pairs; ++q) print_assignment(i, q, poller_of(runtime, *specs[i].lcore));
+      } else if (options.mode == fwd::FwdMode::l2) {
+        auto plan = forwarder.plan_placement(i);
+        for (std::size_t l = 0; l < plan.size(); ++l) {
+          for (std::uint16_t ring : plan[l]) {
+            if (ring % 2 != 1 || ring == ports[i]->ctrl_ring()) continue;  // one line per pair
+            print_assignment(i, ring / 2u, runtime.poller(l));
+          }
+        }
+        ports[i]->set_queue_placement(std::move(plan));
+      } else if (runtime.num_pollers() == 1) {
+        for (std::uint16_t q = 0; q < pairs; ++q) print_assignment(i, q, runtime.poller(0));
+      } else {
+        std::printf("assign: port %zu -> data lcores on its guest memory's NUMA node (as its rings start)\n", i);
+      }
     }
 
     std::vector<std::unique_ptr<Daemon>> daemons;
     for (std::size_t i = 0; i < ports.size(); ++i) {
       daemons.push_back(std::make_unique<Daemon>("port" + std::to_string(i), ports[i], runtime));
+      if (specs[i].lcore) daemons.back()->set_lcore(*specs[i].lcore);
       if (specs[i].client) daemons.back()->start_client(specs[i].path);
       else daemons.back()->start_server(specs[i].path);
     }
@@ -232,7 +290,8 @@ int main(int argc, char** argv) {
       const std::uint64_t cycles = read_cycles();
       for (std::size_t i = 0; i < ports.size(); ++i) {
         const net::PortTotals t = ports[i]->totals();
-        const std::uint64_t busy = port_busy_cycles(*daemons[i]);
+        const PortRings rings = port_rings(*daemons[i]);
+        const std::uint64_t busy = rings.busy_cycles;
         Sample& prev = last[i];
         if (busy < prev.busy_cycles) prev.busy_cycles = 0;  // a new connection's rings count from zero
         const double rx_pps = static_cast<double>(t.rx_packets - prev.totals.rx_packets) / seconds;
@@ -241,9 +300,10 @@ int main(int argc, char** argv) {
         const double tx_gbps = static_cast<double>(t.tx_bytes - prev.totals.tx_bytes) * 8 / seconds / 1e9;
         const double busy_pct = 100.0 * static_cast<double>(busy - prev.busy_cycles) /
                                 static_cast<double>(std::max<std::uint64_t>(cycles - last_cycles, 1));
-        std::printf("port %zu: rx %.3f Mpps %.3f Gbit/s | tx %.3f Mpps %.3f Gbit/s | drops %llu | busy %.1f%%\n", i,
-                    rx_pps / 1e6, rx_gbps, tx_pps / 1e6, tx_gbps,
-                    static_cast<unsigned long long>(t.tx_drops - prev.totals.tx_drops), busy_pct);
+        std::printf("port %zu: rx %.3f Mpps %.3f Gbit/s | tx %.3f Mpps %.3f Gbit/s | drops %llu | busy %.1f%% | lcores %s\n",
+                    i, rx_pps / 1e6, rx_gbps, tx_pps / 1e6, tx_gbps,
+                    static_cast<unsigned long long>(t.tx_drops - prev.totals.tx_drops), busy_pct,
+                    format_id_list(rings.lcores).c_str());
         prev = Sample{t, busy};
       }
       std::fflush(stdout);

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "vhostd/base/error.hpp"
+#include "vhostd/memory/numa.hpp"
 
 namespace vhostd {
 
@@ -88,6 +89,9 @@ std::shared_ptr<const MappedRegion> MappedRegion::map(const MemoryRegionInfo& in
   region->map_base_ = base;
   region->map_len_ = length;
   region->host_base_ = static_cast<std::uint8_t*>(base) + info.mmap_offset;
+  // The page at host_base_ lies inside the file (checked above), so probing it (a read fault
+  // at most) cannot SIGBUS.
+  region->numa_node_ = numa_node_of_address(region->host_base_);
   return region;  // the mapping keeps the memory alive; fd closes as it goes out of scope
 }
 

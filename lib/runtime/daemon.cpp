@@ -4,6 +4,7 @@
 #include <fcntl.h>
 
 #include "vhostd/base/log.hpp"
+#include "vhostd/runtime/placement.hpp"
 
 namespace vhostd {
 
@@ -66,7 +67,12 @@ std::vector<RingReport> Daemon::ring_reports() {
       r.started = session->ring_started(i);
       r.enabled = session->ring_enabled(i);
       r.polled = session->ring_polled(i);
-      r.lcore = ring_poller_[i] < 0 ? -1 : static_cast<int>(runtime_.poller(ring_poller_[i]).lcore_id());
+      if (ring_poller_[i] >= 0) {
+        const Poller& poller = runtime_.poller(static_cast<std::size_t>(ring_poller_[i]));
+        r.lcore = static_cast<int>(poller.lcore_id());
+        r.lcore_node = poller.numa_node();
+      }
+      r.memory_node = ring_memory_node(static_cast<std::uint16_t>(i));
       r.attached = ring_poller_[i] != kDetached;
       // Counters are single-writer relaxed atomics: safe to read while the poller runs.
       // The layout is only changed here, on the control lcore.
@@ -95,27 +101,103 @@ void Daemon::watch_kick(std::uint16_t index, int fd) {
 
 void Daemon::unwatch_kick(std::uint16_t, int fd) { runtime_.control().unwatch(fd); }
 
-std::size_t Daemon::poller_for(std::uint16_t index) const {
+void Daemon::set_lcore(unsigned lcore_id) {
+  runtime_.control().call([&] {
+    for (std::size_t p = 0; p < runtime_.num_pollers(); ++p) {
+      if (runtime_.poller(p).lcore_id() == lcore_id) {
+        explicit_lcore_ = lcore_id;
+        last_placement_.assign(last_placement_.size(), LastPlacement{});  // a restart re-places
+        return;
+      }
+    }
+    throw_error(name_, ": lcore ", lcore_id, " is not a data lcore (data lcores: ",
+                format_id_list(runtime_.cores().data_lcores()), ")");
+  });
+}
+
+void Daemon::set_memory_node_probe(MemoryNodeProbe probe) {
+  runtime_.control().call([&] { memory_node_probe_ = std::move(probe); });
+}
+
+int Daemon::ring_memory_node(std::uint16_t index) const {
+  if (!session_) return -1;
+  const std::shared_ptr<const MemoryTable> table = session_->memory().snapshot();
+  if (table->num_regions() == 0) return -1;
+  const MappedRegion* region = nullptr;
+  if (const VringAddresses* addresses = session_->ring_addresses(index)) {
+    region = table->region_of_uva(addresses->desc_user_addr);
+  }
+  if (region == nullptr) region = &table->region(0);  // the lowest guest-physical region
+  return memory_node_probe_ ? memory_node_probe_(*region) : region->numa_node();
+}
+
+namespace {
+std::string node_text(int node) { return node < 0 ? std::string("an unknown node") : str_cat("node ", node); }
+}  // namespace
+
+std::size_t Daemon::place(std::uint16_t index, int memory_node) const {
   const std::size_t n = runtime_.num_pollers();
+  std::size_t chosen = n;
+  const char* rule = "";
   auto plan = backend_->queues_per_lcore();
-  for (std::size_t lcore = 0; lcore < plan.size(); ++lcore) {
+  for (std::size_t lcore = 0; lcore < plan.size() && chosen == n; ++lcore) {
     for (std::uint16_t q : plan[lcore]) {
-      if (q == index) return lcore % n;
+      if (q == index) {
+        chosen = lcore % n;
+        rule = "; backend's plan";
+        break;
+      }
     }
   }
-  return index % n;
+  if (chosen == n) {
+    std::vector<LcoreLoad> loads;
+    loads.reserve(n);
+    for (std::size_t p = 0; p < n; ++p) {
+      const Poller& poller = runtime_.poller(p);
+      loads.push_back({poller.lcore_id(), poller.numa_node(), poller.num_rings()});
+    }
+    const Placement placement = place_ring(loads, memory_node, explicit_lcore_);
+    chosen = placement.lcore;
+    if (explicit_lcore_) rule = "; explicit lcore";
+    if (placement.cross_node) {
+      log_warning(name_, ": ring ", index, ": no data lcore on NUMA node ", memory_node,
+                  " of its guest memory; polled cross-NUMA from lcore ", loads[chosen].lcore_id, " on ",
+                  node_text(loads[chosen].node));
+    }
+  }
+  const Poller& poller = runtime_.poller(chosen);
+  log_info(name_, ": ring ", index, " -> lcore ", poller.lcore_id(), " (cpu ", format_id_list(poller.cpus()), ", ",
+           node_text(poller.numa_node()), "; guest memory on ", node_text(memory_node), rule, ")");
+  return chosen;
 }
 
 void Daemon::start_polling(std::uint16_t index, Vring& ring) {
   if (ring_poller_.size() <= index) ring_poller_.resize(index + 1u, kDetached);
-  backend_->ring_attached(index, ring.unlocked());
+  if (last_placement_.size() <= index) last_placement_.resize(index + 1u);
   if (!backend_->queue_polled(index)) {
+    backend_->ring_attached(index, ring.unlocked());
     ring_poller_[index] = kAttachedUnpolled;
     return;
   }
-  std::size_t p = poller_for(index);
+  // A ring handed back after a pause (a reconfiguration) keeps its lcore: moving it would only
+  // follow the load the pause itself removed.
+  const int memory_node = ring_memory_node(index);
+  LastPlacement& last = last_placement_[index];
+  std::size_t p = 0;
+  if (last.poller >= 0 && last.memory_node == memory_node) {
+    p = static_cast<std::size_t>(last.poller);
+  } else {
+    p = place(index, memory_node);
+  }
+  // Refused before the backend sees the ring attached, so a failure leaves nothing to undo.
+  if (runtime_.poller(p).num_rings() >= Poller::kMaxRings) {
+    throw_error(name_, ": ring ", index, ": lcore ", runtime_.poller(p).lcore_id(), " already polls ",
+                Poller::kMaxRings, " rings");
+  }
+  backend_->ring_attached(index, ring.unlocked());
   runtime_.poller(p).add({backend_.get(), index, &ring});
   ring_poller_[index] = static_cast<int>(p);
+  last = LastPlacement{static_cast<int>(p), memory_node};
 }
 
 void Daemon::stop_polling(std::uint16_t index, Vring& ring) {
@@ -153,6 +235,7 @@ void Daemon::attach(UniqueFd connection) {
   connection_ = std::move(connection);
   reader_ = MessageReader();
   ring_poller_.assign(backend_->num_queues(), kDetached);
+  last_placement_.assign(backend_->num_queues(), LastPlacement{});
   RingHost& host = *this;  // private base: converted here, where it is accessible
   session_ = std::make_unique<Session>(name_, *backend_, host, runtime_.qsbr());
   runtime_.control().watch(connection_.get(), [this](std::uint32_t) { on_connection_ready(); });

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <type_traits>
 
 #include "vhostd/base/compiler.hpp"
@@ -42,7 +43,6 @@ decltype(auto) with_polled_state(const PolledRing& polled, Fn&& fn) {
 }
 
 }  // namespace
-
 const char* to_string(PollMode mode) noexcept {
   switch (mode) {
     case PollMode::busy: return "busy";
@@ -59,14 +59,21 @@ PollMode parse_poll_mode(std::string_view text) {
   throw_error("poll mode '", text, "': expected busy, interrupt or adaptive");
 }
 
-Poller::Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain, PollerOptions options)
+Poller::Poller(unsigned lcore_id, std::vector<unsigned> cpus, int numa_node, QsbrDomain& domain,
+               PollerOptions options)
     : lcore_id_(lcore_id),
       cpus_(std::move(cpus)),
+      numa_node_(numa_node),
       domain_(domain),
       options_(options),
       reader_(domain.register_reader()),
-      owned_(std::make_shared<PollList>()),
-      current_(owned_.get()) {
+      memory_(NodeLocalBuffer::allocate(sizeof(HotState), numa_node)) {
+  static_assert(std::is_trivially_copyable_v<Entry> && std::is_trivially_destructible_v<HotState>);
+  static_assert(alignof(HotState) <= 4096, "the buffer is page aligned");
+  hot_ = new (memory_.data()) HotState();
+  // Relaxed: the thread below is started after this store (thread creation orders it).
+  hot_->current.store(&hot_->lists[0], std::memory_order_relaxed);
+  published_ = 0;
   if (options_.mode != PollMode::busy) {
     epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) throw_errno("lcore ", lcore_id_, ": epoll_create1");
@@ -86,12 +93,16 @@ Poller::Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain
 Poller::~Poller() {
   thread_.reset();  // requests stop and joins
   domain_.unregister_reader(reader_);
+  // HotState is trivially destructible: the buffer's unmapping ends it.
 }
 
-std::size_t Poller::num_rings() const noexcept { return owned_->rings.size(); }
+std::size_t Poller::num_rings() const noexcept { return hot_->lists[published_].size; }
 
 void Poller::add(const PolledRing& ring) {
-  auto list = std::make_shared<PollList>(*owned_);
+  const PollList& now = hot_->lists[published_];
+  if (now.size >= kMaxRings) {
+    throw_error("lcore ", lcore_id_, ": already polls ", kMaxRings, " rings, the most one poller can");
+  }
   // The layout and the kick fd are fixed while the ring is handed over (the session takes a
   // ring off its poller to change either): read them once, here.
   const auto [packed, kick] = ring.vring->with_ref(
@@ -112,38 +123,45 @@ void Poller::add(const PolledRing& ring) {
                     std::strerror(errno), "): this lcore spins while it serves the ring");
       }
     }
-    if (registered < 0) ++list->without_kick;
   }
-  list->rings.push_back(Entry{ring, packed ? &poll_ring<PackedQueue> : &poll_ring<SplitQueue>, registered});
-  publish(std::move(list));
+  // The spare list: no reader can see it since the last publish() returned.
+  PollList& next = hot_->lists[1 - published_];
+  std::copy_n(now.rings, now.size, next.rings);
+  next.size = now.size;
+  next.without_kick = now.without_kick + (options_.mode != PollMode::busy && registered < 0 ? 1 : 0);
+  next.rings[next.size++] = Entry{ring, packed ? &poll_ring<PackedQueue> : &poll_ring<SplitQueue>, registered};
+  publish(1 - published_);
 }
 
 void Poller::remove(const Vring* ring) {
-  auto list = std::make_shared<PollList>(*owned_);
-  std::erase_if(list->rings, [&](const Entry& e) {
-    if (e.ring.vring != ring) return false;
-    if (e.kick_fd >= 0) {
+  const PollList& now = hot_->lists[published_];
+  PollList& next = hot_->lists[1 - published_];
+  next.size = 0;
+  next.without_kick = 0;
+  for (std::size_t i = 0; i < now.size; ++i) {
+    const Entry& entry = now.rings[i];
+    if (entry.ring.vring != ring) {
+      next.rings[next.size++] = entry;
+      if (options_.mode != PollMode::busy && entry.kick_fd < 0) ++next.without_kick;
+    } else if (entry.kick_fd >= 0) {
       // Before the session may close the fd: a closed fd whose file the frontend still holds
       // would stay in the epoll set with no way to remove it.
-      (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, e.kick_fd, nullptr);
-    } else if (options_.mode != PollMode::busy) {
-      --list->without_kick;
+      (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, entry.kick_fd, nullptr);
     }
-    return true;
-  });
-  publish(std::move(list));
+  }
+  publish(1 - published_);
 }
 
-void Poller::publish(std::shared_ptr<const PollList> list) {
+void Poller::publish(std::size_t which) {
   // Release: the list's contents (and the rings' configuration done by the control lcore)
   // are visible to the poller that acquires the pointer.
-  current_.store(list.get(), std::memory_order_release);
+  hot_->current.store(&hot_->lists[which], std::memory_order_release);
+  published_ = which;
   // A sleeping poller wakes and polls the new list (a ring handed over with pending work,
   // whose guest will not kick while notifications are off, is not left waiting).
   if (wakeup_) eventfd_signal(wakeup_.get());
-  std::shared_ptr<const PollList> old = std::exchange(owned_, std::move(list));
   // Once every reader passed a quiescent point (or went offline to sleep), none still
-  // iterates the old list or a ring only it held.
+  // iterates the old list (now the spare, rewritten by the next change) or a ring only it held.
   domain_.synchronize();
 }
 
@@ -161,20 +179,21 @@ bool Poller::idle_long_enough(std::uint64_t idle_loops,
 
 void Poller::sleep_until_kicked() {
   // Acquire: pairs with publish().
-  const PollList* list = current_.load(std::memory_order_acquire);
+  const PollList* list = hot_->current.load(std::memory_order_acquire);
   if (list->without_kick != 0) return;
   // Notifications on, then one more look at every ring: enable_notifications() fences between
   // its flag / avail_event store and its re-read of the ring, pairing with the driver's fence
   // between publishing and reading our flag. Either the guest kicks, or we see its work here.
   bool work = false;
-  for (const Entry& entry : list->rings) {
+  for (std::size_t i = 0; i < list->size; ++i) {
+    const Entry& entry = list->rings[i];
     work |= with_polled_state(entry.ring, [](VringState& ring) {
       return ring.visit([](auto& queue) { return queue.enable_notifications(); });
     });
   }
   if (!work) {
     // Relaxed: a hint for stats and tests; QSBR offline below is what the control lcore needs.
-    stats_.sleeping.store(true, std::memory_order_relaxed);
+    hot_->stats.sleeping.store(true, std::memory_order_relaxed);
     // Offline: the control lcore must not wait for this thread's quiescent point while it
     // sleeps; from here until online() the thread holds no pointer into the list or a ring.
     reader_->offline();
@@ -182,13 +201,14 @@ void Poller::sleep_until_kicked() {
     // Which fd fired does not matter (every ring is polled next); EINTR: just poll again.
     (void)::epoll_wait(epoll_.get(), events, 16, -1);
     reader_->online(domain_);
-    stats_.sleeping.store(false, std::memory_order_relaxed);
-    add_single_writer(stats_.sleeps, 1);
+    hot_->stats.sleeping.store(false, std::memory_order_relaxed);
+    add_single_writer(hot_->stats.sleeps, 1);
     // Acquire: the list may have been replaced while we slept.
-    list = current_.load(std::memory_order_acquire);
+    list = hot_->current.load(std::memory_order_acquire);
   }
   // Back to spinning: kicks would only cost the guest exits.
-  for (const Entry& entry : list->rings) {
+  for (std::size_t i = 0; i < list->size; ++i) {
+    const Entry& entry = list->rings[i];
     with_polled_state(entry.ring, [](VringState& ring) {
       ring.visit([](auto& queue) { queue.disable_notifications(); });
     });
@@ -206,17 +226,18 @@ void Poller::run(std::stop_token stop) {
   std::chrono::steady_clock::time_point idle_since;
   while (!stop.stop_requested()) {
     // Acquire: pairs with publish(); the rings in the list are fully configured.
-    const PollList* list = current_.load(std::memory_order_acquire);
+    const PollList* list = hot_->current.load(std::memory_order_acquire);
     bool busy = false;
-    for (const Entry& entry : list->rings) {
+    for (std::size_t i = 0; i < list->size; ++i) {
+      const Entry& entry = list->rings[i];
       const PolledRing& polled = entry.ring;
       busy |= with_polled_state(polled, [&](VringState& ring) { return entry.poll(polled, ring); });
     }
     // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
     reader_->quiescent(domain_);
-    add_single_writer(stats_.loops, 1);
+    add_single_writer(hot_->stats.loops, 1);
     if (busy) {
-      add_single_writer(stats_.busy_loops, 1);
+      add_single_writer(hot_->stats.busy_loops, 1);
       idle_loops = 0;
     } else if (may_sleep && idle_long_enough(++idle_loops, idle_since)) {
       if (!stop.stop_requested()) sleep_until_kicked();

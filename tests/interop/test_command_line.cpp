@@ -54,6 +54,11 @@ TEST_F(CommandLineTest, BadOptionsAreRefusedWithExitStatusTwoAndTheirName) {
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",queues=129"}, "queues=129"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",mrg_rxbuf=2"}, "mrg_rxbuf=2"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",mac=zz:00:00:00:00:01"}, "mac="},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=0"}, "lcore=0: not a data lcore"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=7"}, "lcore=7: not a data lcore"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=x"}, "lcore"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=1", "--port", "path=" + (dir_ / "p1.sock"),
+        "--fwd", "l2"}, "same on every port"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--fwd", "bogus"}, "bogus"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--burst", "0"}, "--burst"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--burst", "257"}, "--burst"},
@@ -84,6 +89,20 @@ TEST_F(CommandLineTest, ASocketPathServedTwiceIsRefused) {
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(exited_with(status, 1)) << describe_status(*status) << "\n" << output;
   EXPECT_EQ(output.find("vhostd-fwd: ready"), std::string::npos) << output;
+}
+
+TEST_F(CommandLineTest, ExplicitLcoreIsAssignedAtStart) {
+  const std::string s0 = dir_ / "p0.sock";
+  Process process(Process::Options{{fwd_binary(), "-l", "0,1", "--main-lcore", "0", "--port",
+                                    "path=" + s0 + ",queues=2,lcore=1", "--fwd", "io"},
+                                   dir_ / "fwd.log"});
+  ASSERT_TRUE(process.wait_for_text("vhostd-fwd: ready", 10s)) << process.tail();
+  const std::string out = process.output();
+  EXPECT_NE(out.find("assign: port 0 queue-pair 0 -> lcore 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("assign: port 0 queue-pair 1 -> lcore 1"), std::string::npos) << out;
+  auto status = process.terminate(SIGTERM, 10s);
+  ASSERT_TRUE(status.has_value()) << "did not exit on SIGTERM\n" << process.tail();
+  EXPECT_TRUE(exited_with(status, 0)) << describe_status(*status) << "\n" << process.tail();
 }
 
 TEST_F(CommandLineTest, StartsReadyAndStopsCleanlyOnSigterm) {

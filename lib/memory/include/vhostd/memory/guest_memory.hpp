@@ -1,8 +1,9 @@
 // vhostd memory: guest memory mapped from the frontend's region fds.
 //
-// Owns: mapping regions (memfd or hugetlbfs, MAP_SHARED, honouring mmap_offset), bounds-checked
-// translation of guest-physical and frontend-virtual ranges to host pointers, the dirty-page
-// log used during live migration, and replacing the memory table while pollers run.
+// Owns: mapping regions (memfd or hugetlbfs, MAP_SHARED, honouring mmap_offset; each region's
+// NUMA node recorded), bounds-checked translation of guest-physical and frontend-virtual ranges
+// to host pointers, the dirty-page log used during live migration, and replacing the memory
+// table while pollers run.
 //
 // Concurrency: a MemoryTable is immutable. GuestMemory publishes the current table through one
 // atomic pointer; pollers load it (acquire) and may use it until their next QSBR quiescent
@@ -54,10 +55,14 @@ class MappedRegion {
   // Host address of guest_phys_addr (mapping base + mmap_offset).
   std::uint8_t* host_base() const noexcept { return host_base_; }
   std::size_t mapping_length() const noexcept { return map_len_; }
+  // The NUMA node of the region's first page, probed once after mapping (numa.hpp); -1 when
+  // it cannot be told. Placement reads it to put the rings' lcores near the guest's memory.
+  int numa_node() const noexcept { return numa_node_; }
 
  private:
   MappedRegion() = default;
   MemoryRegionInfo info_{};
+  int numa_node_ = -1;
   void* map_base_ = nullptr;
   std::size_t map_len_ = 0;
   std::uint8_t* host_base_ = nullptr;
@@ -122,6 +127,11 @@ class MemoryTable {
   std::uint8_t* translate_uva(std::uint64_t uva, std::uint64_t len) const noexcept;
   // Guest-physical address of a frontend virtual address, or false when unmapped.
   bool uva_to_gpa(std::uint64_t uva, std::uint64_t& gpa) const noexcept;
+  // The region holding frontend virtual address `uva`, or nullptr (control path: placement).
+  const MappedRegion* region_of_uva(std::uint64_t uva) const noexcept {
+    const int idx = find_uva(uva);
+    return idx < 0 ? nullptr : regions_[static_cast<std::size_t>(idx)].get();
+  }
 
   // Splits [gpa, gpa+len) over adjacent regions, calling fn(host, gpa, len) per piece in
   // order. Returns false (having called fn for no piece) if any byte is unmapped or on overflow.

@@ -5,11 +5,22 @@
 // start_client() connects to a frontend's socket, retrying with back-off, and reconnects after
 // a disconnect. wait() blocks until stop() or a write to exit_event(). All socket work runs
 // on the runtime's control lcore; the daemon's rings run on its pollers.
+//
+// Placement of a polled ring, when it starts (first of these that applies):
+//  1. the backend's queues_per_lcore() plan, if it lists the ring;
+//  2. the daemon's explicit lcore (set_lcore(), e.g. vhostd-fwd's --port ...,lcore=N);
+//  3. place_ring() (placement.hpp): the least-loaded data lcore on the NUMA node of the guest
+//     memory holding the ring's descriptor table (else the lowest guest region), counting every
+//     daemon's rings; any data lcore when that node has none (logged as a warning).
+// Each placement is logged (`port0: ring 1 -> lcore 1 (cpu 1, node 0; guest memory on node 0)`)
+// and shown in ring_reports(). A ring handed back after a pause stays on its lcore unless its
+// memory node changed.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -32,6 +43,8 @@ struct RingReport {
   bool polled = false;
   bool attached = false;  // on the data path (polled, or driven by other rings' handlers)
   int lcore = -1;         // data lcore polling it, -1 when not polled
+  int lcore_node = -1;    // NUMA node of that lcore, -1 when not polled or unknown
+  int memory_node = -1;   // NUMA node of the guest memory holding the ring, -1 unknown
   RingError error = RingError::none;
   std::uint64_t requests = 0;
   std::uint64_t batches = 0;
@@ -69,13 +82,26 @@ class Daemon : private RingHost {
   // Runs fn(Session*) on the control lcore (nullptr when no frontend is connected).
   void with_session(const std::function<void(Session*)>& fn);
 
+  // Every polled ring of this daemon on data lcore `lcore_id` (overridden only by the backend's
+  // queues_per_lcore() plan), from the next time a ring starts. Throws Error if `lcore_id` is
+  // not one of the runtime's data lcores.
+  void set_lcore(unsigned lcore_id);
+  // Tells the NUMA node of a guest memory region for placement (default:
+  // MappedRegion::numa_node()). Tests use it to fake a guest on another node. Called on the
+  // control lcore; must not throw.
+  using MemoryNodeProbe = std::function<int(const MappedRegion&)>;
+  void set_memory_node_probe(MemoryNodeProbe probe);
+
  private:
   void watch_kick(std::uint16_t index, int fd) override;
   void unwatch_kick(std::uint16_t index, int fd) override;
   void start_polling(std::uint16_t index, Vring& ring) override;
   void stop_polling(std::uint16_t index, Vring& ring) override;
 
-  std::size_t poller_for(std::uint16_t index) const;
+  // The NUMA node of the guest memory holding ring `index` (see the top of this file), -1.
+  int ring_memory_node(std::uint16_t index) const;
+  // Chooses the poller for ring `index` and logs the choice.
+  std::size_t place(std::uint16_t index, int memory_node) const;
   void on_listener_ready();
   void on_connection_ready();
   void attach(UniqueFd connection);
@@ -103,6 +129,14 @@ class Daemon : private RingHost {
   static constexpr int kDetached = -1;          // not on the data path
   static constexpr int kAttachedUnpolled = -2;  // on the data path, driven by other rings
   std::vector<int> ring_poller_;
+  // Per ring: where it was last placed on this connection and for which memory node.
+  struct LastPlacement {
+    int poller = -1;
+    int memory_node = -1;
+  };
+  std::vector<LastPlacement> last_placement_;
+  std::optional<unsigned> explicit_lcore_;
+  MemoryNodeProbe memory_node_probe_;
   bool shut_down_ = false;
 
   std::atomic<bool> connected_{false};

@@ -6,6 +6,12 @@
 // pointer; removals wait (QSBR) until the poller has passed its quiescent point, so a ring
 // handed back to the control lcore is never touched again by this thread.
 //
+// NUMA: everything the loop reads or writes each iteration (the published poll list, the spare
+// list the next change is written into, the pointer to the published one, the loop stats) lives
+// in one NodeLocalBuffer on the node of the lcore's CPUs, from a hugepage when one is free. The
+// rings themselves belong to their sessions (the guest placed their memory; placement.hpp puts
+// the poller near it); the QSBR reader slot belongs to the domain.
+//
 // Poll modes (PollerOptions::mode):
 //   busy       spin forever, guest notifications (kicks) off: the lowest latency, one core each;
 //   interrupt  sleep whenever a loop over every ring found no work;
@@ -30,8 +36,10 @@
 #include <string_view>
 #include <vector>
 
+#include "vhostd/base/compiler.hpp"
 #include "vhostd/base/fd.hpp"
 #include "vhostd/base/quiescence.hpp"
+#include "vhostd/memory/numa.hpp"
 #include "vhostd/vhost/backend.hpp"
 #include "vhostd/virtqueue/vring.hpp"
 
@@ -66,21 +74,32 @@ struct PollerOptions {
 
 class Poller {
  public:
-  // Starts the thread on `cpus` (throws Error if it cannot be pinned).
-  Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain, PollerOptions options = {});
+  // Rings one poller can poll: its two poll lists are fixed arrays in node-local memory (the
+  // control lcore writes the spare one in place, no allocation per change).
+  static constexpr std::size_t kMaxRings = 4096;
+
+  // Starts the thread on `cpus` (throws Error if it cannot be pinned). `numa_node` is the node
+  // of those CPUs (-1 unknown): the poller's own state is allocated there.
+  Poller(unsigned lcore_id, std::vector<unsigned> cpus, int numa_node, QsbrDomain& domain,
+         PollerOptions options = {});
   ~Poller();
   Poller(const Poller&) = delete;
   Poller& operator=(const Poller&) = delete;
 
-  // Control lcore only. add() returns at once (the poller picks the ring up at its next loop);
-  // remove() returns once the poller can no longer touch the ring.
+  // Control lcore only. Both return once the poller can no longer see the previous list: add()
+  // (throws Error when the poller already has kMaxRings rings) before the poller necessarily
+  // picked the ring up, remove() once the poller can no longer touch the ring.
   void add(const PolledRing& ring);
   void remove(const Vring* ring);
 
   unsigned lcore_id() const noexcept { return lcore_id_; }
   const std::vector<unsigned>& cpus() const noexcept { return cpus_; }
+  // NUMA node of the lcore's CPUs as the runtime's topology says (-1 unknown).
+  int numa_node() const noexcept { return numa_node_; }
+  // Whether the node-local state got a hugepage.
+  bool state_on_hugepage() const noexcept { return memory_.hugepages(); }
   std::size_t num_rings() const noexcept;
-  const PollerStats& stats() const noexcept { return stats_; }
+  const PollerStats& stats() const noexcept { return hot_->stats; }
   const PollerOptions& options() const noexcept { return options_; }
 
  private:
@@ -92,11 +111,19 @@ class Poller {
     int kick_fd;
   };
   struct PollList {
-    std::vector<Entry> rings;
+    std::size_t size = 0;
     std::size_t without_kick = 0;  // rings that cannot wake a sleeping poller
+    Entry rings[kMaxRings];
+  };
+  // The node-local part (see the top of this file).
+  struct HotState {
+    alignas(kCacheLine) std::atomic<const PollList*> current{nullptr};
+    alignas(kCacheLine) PollerStats stats;
+    PollList lists[2];
   };
   void run(std::stop_token stop);
-  void publish(std::shared_ptr<const PollList> list);
+  // Makes lists[which] the published list; returns once the poller cannot see the other one.
+  void publish(std::size_t which);
   // Not busy mode: waits for a kick unless a ring has work once notifications are on.
   void sleep_until_kicked();
   // Whether the poller has been idle long enough to sleep (`idle_loops` consecutive idle loops).
@@ -104,14 +131,15 @@ class Poller {
 
   unsigned lcore_id_;
   std::vector<unsigned> cpus_;
+  int numa_node_;
   QsbrDomain& domain_;
   PollerOptions options_;
   UniqueFd epoll_;   // not busy mode: kick fds + wakeup_
   UniqueFd wakeup_;  // eventfd: a new poll list, or stop
   QsbrReader* reader_;
-  std::shared_ptr<const PollList> owned_;  // control lcore's reference to the current list
-  std::atomic<const PollList*> current_;
-  PollerStats stats_;
+  NodeLocalBuffer memory_;    // holds *hot_; outlives the thread (declared before it)
+  HotState* hot_ = nullptr;
+  std::size_t published_ = 0;  // control lcore: index of the published list in hot_->lists
   std::unique_ptr<LcoreThread> thread_;
 };
 

@@ -2,7 +2,9 @@
 //
 // A Runtime owns the control lcore (a pinned thread running the ControlLoop that serves every
 // daemon's socket) and the data lcores (one Poller each), all placed per a CoreConfig parsed
-// from an EAL-style command line. Many daemons (ports) share one Runtime.
+// from an EAL-style command line. Many daemons (ports) share one Runtime. The CPU topology
+// tells each data lcore's NUMA node (its first CPU's): the poller's own state is allocated
+// there, and ring placement (placement.hpp) prefers lcores on the guest memory's node.
 #pragma once
 
 #include <memory>
@@ -20,8 +22,11 @@ class LcoreThread;
 class Runtime {
  public:
   // Starts the control lcore and one poller per data lcore, every poller in `pollers`' mode.
-  // Throws Error if a CPU cannot be used or the config has no data lcore.
+  // Throws Error if a CPU cannot be used or the config has no data lcore. `topology` only
+  // supplies the lcores' NUMA nodes (tests pass a fake multi-node one); the first form reads
+  // this machine's.
   explicit Runtime(const CoreConfig& cores, PollerOptions pollers = {});
+  Runtime(const CoreConfig& cores, const CpuTopology& topology, PollerOptions pollers = {});
   ~Runtime();
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
@@ -35,9 +40,11 @@ class Runtime {
   std::size_t num_pollers() const noexcept { return pollers_.size(); }
   Poller& poller(std::size_t i) noexcept { return *pollers_[i]; }
   const CoreConfig& cores() const noexcept { return cores_; }
+  const CpuTopology& topology() const noexcept { return topology_; }
 
  private:
   CoreConfig cores_;
+  CpuTopology topology_;
   QsbrDomain qsbr_;
   ControlLoop control_;
   std::vector<std::unique_ptr<Poller>> pollers_;

@@ -76,6 +76,10 @@ class Session {
   bool ring_started(std::size_t index) const noexcept { return rings_[index].started; }
   bool ring_enabled(std::size_t index) const noexcept { return rings_[index].enabled; }
   bool ring_polled(std::size_t index) const noexcept { return rings_[index].polled; }
+  // SET_VRING_ADDR's addresses of ring `index` (frontend virtual), or nullptr before it came.
+  const VringAddresses* ring_addresses(std::size_t index) const noexcept {
+    return rings_[index].addresses_set ? &rings_[index].addresses : nullptr;
+  }
   const GuestMemory& memory() const noexcept { return memory_; }
   std::uint64_t acked_features() const noexcept { return acked_features_; }
   std::uint64_t acked_protocol_features() const noexcept { return acked_protocol_features_; }
