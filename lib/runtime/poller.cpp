@@ -2,33 +2,11 @@
 #include "vhostd/runtime/poller.hpp"
 
 #include <algorithm>
-#include <type_traits>
 
 #include "vhostd/base/compiler.hpp"
 #include "vhostd/runtime/lcore_thread.hpp"
 
 namespace vhostd {
-
-namespace {
-
-// Polls one ring of layout Queue; true if the backend had work.
-template <typename Queue>
-bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
-  Queue& queue = [&]() -> Queue& {
-    if constexpr (std::is_same_v<Queue, PackedQueue>) {
-      return ring.packed_queue();
-    } else {
-      return ring.split_queue();
-    }
-  }();
-  if (queue.poll() == 0) return false;
-  const std::uint64_t start = read_cycles();
-  polled.backend->handle_queue(polled.index, ring);
-  add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
-  return true;
-}
-
-}  // namespace
 
 Poller::Poller(unsigned lcore_id, std::vector<unsigned> cpus, QsbrDomain& domain)
     : lcore_id_(lcore_id),
@@ -46,13 +24,47 @@ Poller::~Poller() {
   domain_.unregister_reader(reader_);
 }
 
+template <typename Queue, bool Locked>
+bool Poller::poll_ring(const Entry& entry) noexcept {
+  Queue& queue = *static_cast<Queue*>(entry.queue);
+  const PolledRing& polled = entry.ring;
+  if constexpr (Locked) {
+    // Device threads share the ring: it is only looked at under its lock (no idle check).
+    return polled.vring->with_mut([&](VringState& ring) {
+      if (queue.poll() == 0) return false;
+      const std::uint64_t start = read_cycles();
+      polled.backend->handle_queue(polled.index, ring);
+      add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
+      return true;
+    });
+  } else {
+    // The poller owns the ring: an idle one costs its idle() and nothing else.
+    if (VHOSTD_LIKELY(queue.idle()) || queue.poll() == 0) return false;
+    const std::uint64_t start = read_cycles();
+    polled.backend->handle_queue(polled.index, polled.vring->unlocked());
+    add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
+    return true;
+  }
+}
+
 std::size_t Poller::num_rings() const noexcept { return owned_->rings.size(); }
 
 void Poller::add(const PolledRing& ring) {
   auto list = std::make_shared<PollList>(*owned_);
-  // The layout is fixed while the ring is handed over: pick its specialisation once, here.
-  const bool packed = ring.vring->with_ref([](const VringState& state) { return state.packed(); });
-  list->rings.push_back(Entry{ring, packed ? &poll_ring<PackedQueue> : &poll_ring<SplitQueue>});
+  // The layout and locking are fixed while the ring is handed over: pick its specialisation
+  // and its queue once, here.
+  const bool locked = ring.vring->locking() != VringLocking::none;
+  Entry entry{ring, nullptr, nullptr};
+  ring.vring->with_mut([&](VringState& state) {
+    if (state.packed()) {
+      entry.queue = &state.packed_queue();
+      entry.poll = locked ? &poll_ring<PackedQueue, true> : &poll_ring<PackedQueue, false>;
+    } else {
+      entry.queue = &state.split_queue();
+      entry.poll = locked ? &poll_ring<SplitQueue, true> : &poll_ring<SplitQueue, false>;
+    }
+  });
+  list->rings.push_back(entry);
   publish(std::move(list));
 }
 
@@ -78,14 +90,7 @@ void Poller::run(std::stop_token stop) {
     // Acquire: pairs with publish(); the rings in the list are fully configured.
     const PollList* list = current_.load(std::memory_order_acquire);
     bool busy = false;
-    for (const Entry& entry : list->rings) {
-      const PolledRing& polled = entry.ring;
-      if (VHOSTD_LIKELY(polled.vring->locking() == VringLocking::none)) {
-        busy |= entry.poll(polled, polled.vring->unlocked());
-      } else {
-        busy |= polled.vring->with_mut([&](VringState& ring) { return entry.poll(polled, ring); });
-      }
-    }
+    for (const Entry& entry : list->rings) busy |= entry.poll(entry);
     // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
     reader_->quiescent(domain_);
     add_single_writer(stats_.loops, 1);

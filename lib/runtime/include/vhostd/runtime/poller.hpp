@@ -48,18 +48,26 @@ class Poller {
 
   unsigned lcore_id() const noexcept { return lcore_id_; }
   const std::vector<unsigned>& cpus() const noexcept { return cpus_; }
+  // Control lcore only: rings in the current poll list.
   std::size_t num_rings() const noexcept;
   const PollerStats& stats() const noexcept { return stats_; }
 
  private:
-  // A ring and the poll function specialised for its layout.
+  // A ring, the poll function specialised for its layout and locking, and what the idle
+  // check needs, kept here so that an idle ring costs the loop its queue's cached index and
+  // one load of the guest's ring (SplitQueue/PackedQueue::idle()), not a visit of the Vring.
+  // The layout and locking are fixed while the ring is handed over, so is the queue's address.
   struct Entry {
     PolledRing ring;
-    bool (*poll)(const PolledRing&, VringState&) noexcept;
+    void* queue;  // the ring's SplitQueue or PackedQueue, per `poll`
+    bool (*poll)(const Entry&) noexcept;
   };
   struct PollList {
     std::vector<Entry> rings;
   };
+  // Polls one ring of layout Queue (Locked: behind its Vring's lock); true if it had work.
+  template <typename Queue, bool Locked>
+  static bool poll_ring(const Entry& entry) noexcept;
   void run(std::stop_token stop);
   void publish(std::shared_ptr<const PollList> list);
 

@@ -167,6 +167,19 @@ class PackedQueue {
   // changed) and returns how many whole chains are available among the next kPollWindow
   // descriptors, at least 1 when the next descriptor is available; 0 when empty or in error.
   std::uint16_t poll() noexcept;
+  // The poller's idle check, before poll() (see SplitQueue::idle()): true when the descriptor
+  // at the next avail position is not available, read from this queue's cached ring pointer
+  // with one load of its flags. False means "call poll()".
+  bool idle() const noexcept {
+    if (VHOSTD_UNLIKELY(table_ == nullptr)) return false;
+    // desc_ stays mapped (QSBR) only while table_ is current: compare generations.
+    if (VHOSTD_UNLIKELY(memory_->current()->generation() != table_generation_)) return false;
+    // Relaxed: only tested here; an available descriptor leads to poll(), whose acquire loads
+    // of the same flags order the reads of the descriptors.
+    const std::uint16_t flags =
+        std::atomic_ref<std::uint16_t>(desc_[slot_of(avail_pos_)].flags).load(std::memory_order_relaxed);
+    return !packed_desc_available(flags, wrap_of(avail_pos_));
+  }
   // Starts a batch without reading the ring: picks up the current memory table like poll() and
   // returns how many of the chains the last poll() counted are not popped yet (0 in error).
   // pop() reads the ring itself, so a short count only means "poll() again to know more".
