@@ -103,7 +103,7 @@ std::size_t Daemon::poller_for(std::uint16_t index) const {
       if (q == index) return lcore % n;
     }
   }
-  return index % n;
+  return runtime_.least_loaded_poller();
 }
 
 void Daemon::start_polling(std::uint16_t index, Vring& ring) {

@@ -23,6 +23,14 @@ Runtime::~Runtime() {
   pollers_.clear();
 }
 
+std::size_t Runtime::least_loaded_poller() const noexcept {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < pollers_.size(); ++i) {
+    if (pollers_[i]->num_rings() < pollers_[best]->num_rings()) best = i;
+  }
+  return best;
+}
+
 CoreConfig Runtime::default_cores() {
   CpuTopology topology = CpuTopology::from_system();
   std::vector<unsigned> cpus = topology.cpus();

@@ -34,6 +34,10 @@ class Runtime {
   QsbrDomain& qsbr() noexcept { return qsbr_; }
   std::size_t num_pollers() const noexcept { return pollers_.size(); }
   Poller& poller(std::size_t i) noexcept { return *pollers_[i]; }
+  // Control lcore only: the poller with the fewest rings right now (ties: the lowest index),
+  // where a ring goes when its backend does not place it. Rings of ports that come and go
+  // thus stay spread evenly over the data lcores; no running ring is moved.
+  std::size_t least_loaded_poller() const noexcept;
   const CoreConfig& cores() const noexcept { return cores_; }
 
  private:

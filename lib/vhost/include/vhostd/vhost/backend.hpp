@@ -38,8 +38,8 @@ class Backend {
   // How the device shares its rings between threads (see vring.hpp).
   virtual VringLocking vring_locking() const { return VringLocking::none; }
   // Which rings each data lcore should serve: entry i lists the ring indexes for the i-th data
-  // lcore (rust-vmm's queues_per_thread, without its 64-queue mask limit). Empty: the runtime
-  // spreads rings round-robin.
+  // lcore (rust-vmm's queues_per_thread, without its 64-queue mask limit). A ring it does not
+  // list goes to the data lcore polling the fewest rings when it starts.
   virtual std::vector<std::vector<std::uint16_t>> queues_per_lcore() const { return {}; }
 
   // ---- what the frontend told us ----
