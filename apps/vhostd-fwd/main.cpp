@@ -8,6 +8,7 @@
 // placement and `ready`, then prints stats every period until SIGINT/SIGTERM; then it stops
 // every daemon (sockets removed) and prints the totals.
 #include <poll.h>
+#include <sys/resource.h>
 
 #include <csignal>
 #include <cstdio>
@@ -159,6 +160,14 @@ int main(int argc, char** argv) {
     }
   }
   if (specs.empty()) usage("at least one --port is required");
+
+  // Every ring holds a kick and a call eventfd: 128 pairs, or many ports, pass the usual soft
+  // limit of 1024 fds. Take what the hard limit allows, as QEMU does.
+  struct rlimit files {};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   try {
     Runtime runtime(cores);
