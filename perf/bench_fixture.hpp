@@ -163,13 +163,13 @@ class BenchPort {
       std::memset(buffer, 0, net::kNetHeaderLen);
       write_frame(buffer + net::kNetHeaderLen, options);
     }
-    start_ring(tx_state_, tx_.ring(), guest_.device(), options.event_idx);
+    start_ring(tx_state(), tx_.ring(), guest_.device(), options.event_idx);
     start_ring(rx_state_, rx_.ring(), guest_.device(), options.event_idx);
     port_.acked_features(features());
     port_.ring_attached(net::NetPort::rx_ring(0), rx_state_);
-    port_.ring_attached(net::NetPort::tx_ring(0), tx_state_);
+    port_.ring_attached(net::NetPort::tx_ring(0), tx_state());
     rx_state_.set_enabled(true);  // transmit() needs an enabled ring
-    tx_state_.set_enabled(true);
+    tx_state().set_enabled(true);
   }
   ~BenchPort() {
     port_.ring_detached(net::NetPort::tx_ring(0));
@@ -181,7 +181,9 @@ class BenchPort {
   net::NetPort& port() noexcept { return port_; }
   GuestRing& guest_tx() noexcept { return tx_; }
   GuestRing& guest_rx() noexcept { return rx_; }
-  VringState& tx_state() noexcept { return tx_state_; }
+  VringState& tx_state() noexcept { return tx_vring_.unlocked(); }
+  // The guest TX ring as a poller takes it (bench_poller.cpp).
+  Vring& tx_vring() noexcept { return tx_vring_; }
   VringState& rx_state() noexcept { return rx_state_; }
   const PortOptions& options() const noexcept { return options_; }
   std::uint64_t features() const noexcept {
@@ -221,7 +223,7 @@ class BenchPort {
   BenchGuest guest_;
   GuestRing tx_;  // guest TX: the device reads (receive/release)
   GuestRing rx_;  // guest RX: the device writes (transmit)
-  VringState tx_state_;
+  Vring tx_vring_;  // VringLocking::none: tx_state() is its state
   VringState rx_state_;
   net::NetPort port_;
 };

@@ -15,6 +15,7 @@
 // queue pair q of every port on one lcore (any port's TX q may write any RX q), so it keeps
 // Forwarder::plan_placement() unless every port names the same lcore=.
 #include <poll.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <csignal>
@@ -221,6 +222,14 @@ int main(int argc, char** argv) {
       usage("--fwd l2: lcore= must be the same on every port, or given on none (any port's queue pair q "
             "may write every port's RX ring q)");
     }
+  }
+
+  // Every ring holds a kick and a call eventfd: 128 pairs, or many ports, pass the usual soft
+  // limit of 1024 fds. Take what the hard limit allows, as QEMU does.
+  struct rlimit files {};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
   }
 
   try {

@@ -279,7 +279,10 @@ bool MemoryTable::read(std::uint64_t gpa, void* dst, std::uint64_t len) const no
 // ---- GuestMemory ----
 
 GuestMemory::GuestMemory(QsbrDomain& domain)
-    : domain_(domain), owned_(std::make_shared<const MemoryTable>()), current_(owned_.get()) {}
+    : domain_(domain),
+      owned_(std::make_shared<const MemoryTable>()),
+      current_(owned_.get()),
+      generation_(owned_->generation()) {}
 
 GuestMemory::~GuestMemory() { publish(std::make_shared<const MemoryTable>()); }
 
@@ -336,6 +339,7 @@ void GuestMemory::publish(std::shared_ptr<const MemoryTable> table) {
   // Release: the new table's contents (and its regions' mappings) are visible to a poller
   // that acquires the pointer in current().
   current_.store(owned_.get(), std::memory_order_release);
+  generation_.store(owned_->generation(), std::memory_order_relaxed);
   // Once every poller passed a quiescent point none can still hold `old`; dropping it then
   // unmaps the regions that only it referenced.
   domain_.synchronize();

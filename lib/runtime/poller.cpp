@@ -18,23 +18,6 @@ namespace vhostd {
 
 namespace {
 
-// Polls one ring of layout Queue; true if the backend had work.
-template <typename Queue>
-bool poll_ring(const PolledRing& polled, VringState& ring) noexcept {
-  Queue& queue = [&]() -> Queue& {
-    if constexpr (std::is_same_v<Queue, PackedQueue>) {
-      return ring.packed_queue();
-    } else {
-      return ring.split_queue();
-    }
-  }();
-  if (queue.poll() == 0) return false;
-  const std::uint64_t start = read_cycles();
-  polled.backend->handle_queue(polled.index, ring);
-  add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
-  return true;
-}
-
 // Runs fn(VringState&) on a ring the poller owns, under the ring's locking if it has one.
 template <typename Fn>
 decltype(auto) with_polled_state(const PolledRing& polled, Fn&& fn) {
@@ -98,15 +81,49 @@ Poller::~Poller() {
 
 std::size_t Poller::num_rings() const noexcept { return hot_->lists[published_].size; }
 
+template <typename Queue, bool Locked>
+bool Poller::poll_ring(const Entry& entry) noexcept {
+  Queue& queue = *static_cast<Queue*>(entry.queue);
+  const PolledRing& polled = entry.ring;
+  if constexpr (Locked) {
+    // Device threads share the ring: it is only looked at under its lock (no idle check).
+    return polled.vring->with_mut([&](VringState& ring) {
+      if (queue.poll() == 0) return false;
+      const std::uint64_t start = read_cycles();
+      polled.backend->handle_queue(polled.index, ring);
+      add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
+      return true;
+    });
+  } else {
+    // The poller owns the ring: an idle one costs its idle() and nothing else.
+    if (VHOSTD_LIKELY(queue.idle()) || queue.poll() == 0) return false;
+    const std::uint64_t start = read_cycles();
+    polled.backend->handle_queue(polled.index, polled.vring->unlocked());
+    add_single_writer(queue.stats().busy_cycles, read_cycles() - start);
+    return true;
+  }
+}
+
 void Poller::add(const PolledRing& ring) {
   const PollList& now = hot_->lists[published_];
   if (now.size >= kMaxRings) {
     throw_error("lcore ", lcore_id_, ": already polls ", kMaxRings, " rings, the most one poller can");
   }
-  // The layout and the kick fd are fixed while the ring is handed over (the session takes a
-  // ring off its poller to change either): read them once, here.
-  const auto [packed, kick] = ring.vring->with_ref(
-      [](const VringState& state) { return std::pair{state.packed(), state.kick_fd()}; });
+  // The layout, locking and kick fd are fixed while the ring is handed over (the session takes
+  // a ring off its poller to change any of them): pick its specialisation, its queue and its
+  // kick fd once, here.
+  const bool locked = ring.vring->locking() != VringLocking::none;
+  Entry entry{ring, nullptr, nullptr, -1};
+  const int kick = ring.vring->with_mut([&](VringState& state) {
+    if (state.packed()) {
+      entry.queue = &state.packed_queue();
+      entry.poll = locked ? &poll_ring<PackedQueue, true> : &poll_ring<PackedQueue, false>;
+    } else {
+      entry.queue = &state.split_queue();
+      entry.poll = locked ? &poll_ring<SplitQueue, true> : &poll_ring<SplitQueue, false>;
+    }
+    return state.kick_fd();
+  });
   int registered = -1;
   if (options_.mode != PollMode::busy) {
     if (kick < 0) {
@@ -129,7 +146,8 @@ void Poller::add(const PolledRing& ring) {
   std::copy_n(now.rings, now.size, next.rings);
   next.size = now.size;
   next.without_kick = now.without_kick + (options_.mode != PollMode::busy && registered < 0 ? 1 : 0);
-  next.rings[next.size++] = Entry{ring, packed ? &poll_ring<PackedQueue> : &poll_ring<SplitQueue>, registered};
+  entry.kick_fd = registered;
+  next.rings[next.size++] = entry;
   publish(1 - published_);
 }
 
@@ -228,11 +246,7 @@ void Poller::run(std::stop_token stop) {
     // Acquire: pairs with publish(); the rings in the list are fully configured.
     const PollList* list = hot_->current.load(std::memory_order_acquire);
     bool busy = false;
-    for (std::size_t i = 0; i < list->size; ++i) {
-      const Entry& entry = list->rings[i];
-      const PolledRing& polled = entry.ring;
-      busy |= with_polled_state(polled, [&](VringState& ring) { return entry.poll(polled, ring); });
-    }
+    for (std::size_t i = 0; i < list->size; ++i) busy |= list->rings[i].poll(list->rings[i]);
     // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
     reader_->quiescent(domain_);
     add_single_writer(hot_->stats.loops, 1);

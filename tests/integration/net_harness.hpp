@@ -216,6 +216,10 @@ struct GuestOptions {
   std::optional<RingLayout> layout;
   // Ack VIRTIO_F_IN_ORDER (the driver rings then accept batched used elements).
   bool in_order = false;
+  // Hand the control queue (the last ring) to the device. Off: the guest keeps it, as QEMU
+  // and DPDK virtio-user do; with 128 pairs its index (256) does not fit the 8-bit ring index
+  // of SET_VRING_KICK/CALL, so it cannot be handed over.
+  bool control_queue = true;
 };
 
 // One packet the device put in a guest RX ring: its header, the frame after it, and the used
@@ -239,6 +243,7 @@ class NetGuest {
   // Negotiates and sets up every ring (2 per pair + control queue), then kicks each ring once
   // so the daemon starts it (the RX rings are not polled: only a kick starts them).
   void setup(const GuestOptions& options) {
+    control_queue_ = options.control_queue;
     DeviceOptions d;
     d.num_rings = num_rings();
     d.queue_size = options.queue_size;
@@ -259,7 +264,8 @@ class NetGuest {
     return has(kVirtioFVersion1 | net::kNetFMrgRxbuf) ? net::kNetHeaderLen : net::kNetLegacyHeaderLen;
   }
   std::uint16_t pairs() const { return pairs_; }
-  std::size_t num_rings() const { return 2u * pairs_ + 1; }
+  // Rings set up: 2 per pair, and the control queue unless GuestOptions::control_queue is off.
+  std::size_t num_rings() const { return 2u * pairs_ + (control_queue_ ? 1u : 0u); }
   static std::size_t rx(std::uint16_t pair = 0) { return 2u * pair; }
   static std::size_t tx(std::uint16_t pair = 0) { return 2u * pair + 1; }
   std::size_t ctrl() const { return 2u * pairs_; }
@@ -472,6 +478,7 @@ class NetGuest {
 
   TestFrontend frontend_;
   std::uint16_t pairs_;
+  bool control_queue_ = true;
   std::uint64_t features_ = 0;
   std::vector<std::map<std::uint16_t, Posted>> posted_;  // per ring: chains in flight by head
 };
@@ -498,7 +505,7 @@ class NetFixture : public ::testing::Test {
     forwarder_.reset();
     ports_.clear();
     runtime_.reset();
-    for (std::size_t i = 0; i < 8; ++i) ::unlink(path(i).c_str());
+    for (std::size_t i = 0; i < std::max<std::size_t>(8, num_sockets_); ++i) ::unlink(path(i).c_str());
     ::rmdir(dir_.c_str());
   }
 
@@ -520,6 +527,7 @@ class NetFixture : public ::testing::Test {
       daemons_.push_back(std::make_unique<Daemon>("port" + std::to_string(i), ports_[i], *runtime_));
       daemons_.back()->start_server(path(i));
     }
+    num_sockets_ = ports_.size();
   }
   void start(fwd::FwdMode mode, std::size_t num_ports, fwd::FwdOptions options = {}) {
     start(mode, std::vector<net::NetPortConfig>(num_ports), options);
@@ -542,12 +550,12 @@ class NetFixture : public ::testing::Test {
     GuestOptions o = options;
     if (!o.layout) o.layout = layout();
     guest->setup(o);
-    const std::size_t rings = guest->num_rings();
+    const std::size_t rings = guest->num_rings();  // the guest's: the device's first `rings`
     if (!wait_until([&] {
           auto reports = d.ring_reports();
-          if (reports.size() != rings) return false;
-          for (const RingReport& r : reports) {
-            if (!r.attached) return false;
+          if (reports.size() != port(i).num_queues()) return false;
+          for (std::size_t r = 0; r < rings; ++r) {
+            if (!reports[r].attached) return false;
           }
           return true;
         })) {
@@ -568,6 +576,7 @@ class NetFixture : public ::testing::Test {
   std::vector<std::shared_ptr<net::NetPort>> ports_;
   std::unique_ptr<fwd::Forwarder> forwarder_;
   std::vector<std::unique_ptr<Daemon>> daemons_;
+  std::size_t num_sockets_ = 0;
 };
 
 // NetFixture once per ring layout: guests use the parameter's layout unless told otherwise.

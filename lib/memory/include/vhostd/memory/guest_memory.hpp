@@ -173,6 +173,11 @@ class GuestMemory {
 
   // Data path: the current table; valid until the caller's next quiescent point.
   const MemoryTable* current() const noexcept { return current_.load(std::memory_order_acquire); }
+  // Data path: current()->generation() in one load, from the line current_ is on (a poller's
+  // idle check on a ring whose ring pointers it translated from that table). Relaxed: only
+  // compared with a generation the caller read from a table it holds; a stale value means the
+  // table it names is not released yet (QSBR), the same as a stale current().
+  std::uint64_t current_generation() const noexcept { return generation_.load(std::memory_order_relaxed); }
   // Control path / other threads: a reference-counted snapshot, valid as long as it is held.
   std::shared_ptr<const MemoryTable> snapshot() const noexcept { return owned_; }
 
@@ -191,6 +196,7 @@ class GuestMemory {
   QsbrDomain& domain_;
   std::shared_ptr<const MemoryTable> owned_;
   std::atomic<const MemoryTable*> current_;
+  std::atomic<std::uint64_t> generation_;  // current_'s generation
 };
 
 // ---- inline definitions ----

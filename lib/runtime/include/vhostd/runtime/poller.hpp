@@ -103,11 +103,16 @@ class Poller {
   const PollerOptions& options() const noexcept { return options_; }
 
  private:
-  // A ring, the poll function specialised for its layout, and the kick fd registered in the
-  // poller's epoll set (-1: none, the ring keeps the poller spinning).
+  // A ring, the poll function specialised for its layout and locking, and what the idle
+  // check needs, kept here so that an idle ring costs the loop its queue's cached index and
+  // one load of the guest's ring (SplitQueue/PackedQueue::idle()), not a visit of the Vring.
+  // The layout and locking are fixed while the ring is handed over, so is the queue's address.
+  // kick_fd: the fd registered in the poller's epoll set (-1: none, the ring keeps the poller
+  // spinning).
   struct Entry {
     PolledRing ring;
-    bool (*poll)(const PolledRing&, VringState&) noexcept;
+    void* queue;  // the ring's SplitQueue or PackedQueue, per `poll`
+    bool (*poll)(const Entry&) noexcept;
     int kick_fd;
   };
   struct PollList {
@@ -121,6 +126,9 @@ class Poller {
     alignas(kCacheLine) PollerStats stats;
     PollList lists[2];
   };
+  // Polls one ring of layout Queue (Locked: behind its Vring's lock); true if it had work.
+  template <typename Queue, bool Locked>
+  static bool poll_ring(const Entry& entry) noexcept;
   void run(std::stop_token stop);
   // Makes lists[which] the published list; returns once the poller cannot see the other one.
   void publish(std::size_t which);

@@ -167,6 +167,19 @@ class PackedQueue {
   // changed) and returns how many whole chains are available among the next kPollWindow
   // descriptors, at least 1 when the next descriptor is available; 0 when empty or in error.
   std::uint16_t poll() noexcept;
+  // The poller's idle check, before poll() (see SplitQueue::idle()): true when the descriptor
+  // at the next avail position is not available, read from this queue's cached ring pointer
+  // with one load of its flags. False means "call poll()".
+  bool idle() const noexcept {
+    if (VHOSTD_UNLIKELY(table_ == nullptr)) return false;
+    // desc_ stays mapped (QSBR) only while table_ is current: compare generations.
+    if (VHOSTD_UNLIKELY(memory_->current_generation() != table_generation_)) return false;
+    // Relaxed: only tested here; an available descriptor leads to poll(), whose acquire loads
+    // of the same flags order the reads of the descriptors.
+    const std::uint16_t flags =
+        std::atomic_ref<std::uint16_t>(desc_[slot_of(avail_pos_)].flags).load(std::memory_order_relaxed);
+    return !packed_desc_available(flags, wrap_of(avail_pos_));
+  }
   // Starts a batch without reading the ring: picks up the current memory table like poll() and
   // returns how many of the chains the last poll() counted are not popped yet (0 in error).
   // pop() reads the ring itself, so a short count only means "poll() again to know more".
@@ -244,20 +257,23 @@ class PackedQueue {
   void write_device_flags(std::uint16_t flags) noexcept;
   void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
 
-  // configuration
+  // What idle() reads, first and together (one cache line for an idle ring).
+  const GuestMemory* memory_ = nullptr;
+  const MemoryTable* table_ = nullptr;  // the table the ring areas below were translated from
+  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
+  PackedDesc* desc_ = nullptr;
   std::uint32_t size_ = 0;
+  std::uint32_t avail_pos_ = 0;  // next descriptor to read (see slot_of)
+
+  // configuration
   VringAddresses addresses_{};
   bool event_idx_ = false;
   bool in_order_ = false;
   std::uint16_t write_mask_ = kVringDescFWrite;  // 0: set_readable_only()
   int call_fd_ = -1;
-  const GuestMemory* memory_ = nullptr;
   std::uint32_t base_ = kPackedInitialBase;  // last SET_VRING_BASE, used half filled in
 
   // translated ring areas for table_
-  const MemoryTable* table_ = nullptr;
-  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
-  PackedDesc* desc_ = nullptr;
   PackedEventSuppress* driver_event_ = nullptr;
   PackedEventSuppress* device_event_ = nullptr;
   std::uint64_t desc_gpa_ = 0;          // for the dirty log of used descriptors
@@ -268,7 +284,6 @@ class PackedQueue {
   std::uint32_t avail_counted_ = 0;
 
   // positions (see slot_of) and notification state
-  std::uint32_t avail_pos_ = 0;        // next descriptor to read
   std::uint32_t used_pos_ = 0;         // next used descriptor to write (published)
   std::uint64_t used_slots_ = 0;       // slots published as used since the base was set
   std::uint64_t signalled_slots_ = 0;  // used_slots_ at the last notify()

@@ -104,7 +104,7 @@ const char* to_string(RingError error) noexcept;
 struct RingStats {
   std::atomic<std::uint64_t> requests{0};       // chains popped
   std::atomic<std::uint64_t> batches{0};        // polls that found work
-  std::atomic<std::uint64_t> empty_polls{0};    // polls that found none
+  std::atomic<std::uint64_t> empty_polls{0};    // polls that found none (idle() counts nothing)
   std::atomic<std::uint64_t> busy_cycles{0};    // TSC cycles spent on polls that found work
   std::atomic<std::uint64_t> notifications{0};  // calls signalled to the guest
   std::array<std::atomic<std::uint64_t>, kNumRingErrors> errors{};  // by RingError
@@ -225,6 +225,21 @@ class SplitQueue {
   // Starts a batch: picks up the current memory table (re-translating the ring areas if it
   // changed) and returns how many chains are available; 0 when empty or in error.
   std::uint16_t poll() noexcept;
+  // The poller's idle check, before poll(): true when the guest has made nothing available
+  // since the last chain popped, decided from this queue's cached ring pointer with one load
+  // of the guest's avail index (and the memory's current generation, which says the pointer is
+  // still mapped). False means "call poll()": work, a new memory table, a ring not yet
+  // translated, or in error (poll() sorts those out). Counts nothing: an idle ring costs the
+  // loop no store.
+  bool idle() const noexcept {
+    if (VHOSTD_UNLIKELY(table_ == nullptr)) return false;
+    // The cached avail_ points into table_'s mappings, which stay mapped (QSBR) only while
+    // table_ is current: compare generations, not pointers (a new table may reuse an address).
+    if (VHOSTD_UNLIKELY(memory_->current_generation() != table_generation_)) return false;
+    // Relaxed: only compared here; a moved index leads to poll(), whose acquire load of the
+    // same index orders the reads of the chains behind it.
+    return std::atomic_ref<std::uint16_t>(avail_[1]).load(std::memory_order_relaxed) == last_avail_idx_;
+  }
   // Starts a batch without reading the avail index: picks up the current memory table like
   // poll() and returns how many chains the last poll() saw that are not popped yet (0 in
   // error). A writer that only needs "room for n" reads the shared index only when this is
@@ -265,6 +280,13 @@ class SplitQueue {
   bool fail(RingError error) noexcept;
   void log_used(std::uint64_t offset, std::uint64_t len) noexcept;
 
+  // What idle() reads, first and together (one cache line for an idle ring).
+  const GuestMemory* memory_ = nullptr;
+  const MemoryTable* table_ = nullptr;  // the table the ring areas below were translated from
+  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
+  std::uint16_t* avail_ = nullptr;      // flags, idx, ring[size], used_event
+  std::uint16_t last_avail_idx_ = 0;
+
   // configuration
   std::uint32_t size_ = 0;
   VringAddresses addresses_{};
@@ -272,18 +294,13 @@ class SplitQueue {
   bool in_order_ = false;
   std::uint16_t write_mask_ = kVringDescFWrite;  // 0: set_readable_only()
   int call_fd_ = -1;
-  const GuestMemory* memory_ = nullptr;
 
   // translated ring areas for table_
-  const MemoryTable* table_ = nullptr;
-  std::uint64_t table_generation_ = 0;  // table_->generation() when it was translated
   VringDesc* desc_ = nullptr;
-  std::uint16_t* avail_ = nullptr;  // flags, idx, ring[size], used_event
   std::uint8_t* used_ = nullptr;    // flags, idx, ring[size], avail_event
   std::uint32_t desc_hint_ = 0;
 
   // indexes
-  std::uint16_t last_avail_idx_ = 0;
   std::uint16_t avail_idx_cache_ = 0;
   std::uint16_t used_idx_ = 0;          // published used idx
   std::uint16_t signalled_used_ = 0;    // used idx at the last notify (EVENT_IDX)
