@@ -3,7 +3,6 @@
 // unexpected logged), a port with 128 queue pairs carrying traffic on every pair, and new
 // rings placed on the least-loaded data lcore as ports come and go (echo daemons, two data
 // lcores).
-#include <dirent.h>
 
 #include <algorithm>
 #include <fstream>
@@ -11,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "harness.hpp"  // count_mappings, kExactMappingCount
 #include "net_harness.hpp"
 #include "vhostd/echo/echo_backend.hpp"
 
@@ -19,34 +19,6 @@ namespace {
 
 using fwd::FwdMode;
 using net::NetPortConfig;
-
-std::size_t count_open_fds() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) throw_errno("opendir /proc/self/fd");
-  std::size_t n = 0;
-  while (::readdir(dir) != nullptr) ++n;  // ".", ".." and the directory's own fd included: a constant
-  ::closedir(dir);
-  return n;
-}
-
-// Lines of /proc/self/maps (those containing `filter`, if given).
-std::size_t count_mappings(const std::string& filter = {}) {
-  std::ifstream maps("/proc/self/maps");
-  std::size_t lines = 0;
-  std::string line;
-  while (std::getline(maps, line)) {
-    if (filter.empty() || line.find(filter) != std::string::npos) ++lines;
-  }
-  return lines;
-}
-
-// ASan's allocator maps its own regions lazily, so the total line count is only exact without
-// it; the guests' memfd mappings are counted exactly either way.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kExactMappingCount = false;
-#else
-constexpr bool kExactMappingCount = true;
-#endif
 
 void expect_frame_eq(const Bytes& got, const Bytes& want, const std::string& what) {
   EXPECT_EQ(got.size(), want.size()) << what << ": frame length";
@@ -96,7 +68,7 @@ TEST_F(ManyPortsTest, SixtyFourPortsOnOneDataLcoreComeAndGoWhileOneCarriesTraffi
   } capture;
 
   // Baseline: runtime and daemons created, no guest yet.
-  const std::size_t fds0 = count_open_fds();
+  const int fds0 = count_open_fds();
   const std::size_t maps0 = count_mappings();
   const std::size_t memfd_maps0 = count_mappings("memfd:");
   std::size_t connects = 0;
