@@ -1,7 +1,7 @@
 // vhostd-fwd: the vhost-user-net forwarding app (doc/vhostd-fwd.md has the contract).
 //
 //   vhostd-fwd -l 1 --main-lcore 0 --port path=/tmp/p0.sock[,queues=2][,client][,mrg_rxbuf=0|1]
-//              [,lcore=N] [--port ...] --fwd io|macswap|rxonly|txonly|l2 [--burst 64]
+//              [,lcore=N][,coalesce-usecs=U[,coalesce-packets=N]] [--port ...] --fwd io|macswap|rxonly|txonly|l2 [--burst 64]
 //              [--txpkts 64] [--stats-period 1] [--tx-retry N]
 //              [--poll-mode busy|interrupt|adaptive] [--idle-threshold-us 200]
 //
@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,7 @@ void on_signal(int) {
                "vhostd-fwd: %s\n"
                "usage: vhostd-fwd [-l LIST | --lcores MAP] [--main-lcore N]\n"
                "                  --port path=PATH[,queues=N][,client][,mrg_rxbuf=0|1][,mac=XX:..:XX][,lcore=N]\n"
+               "                             [,coalesce-usecs=U[,coalesce-packets=N]]\n"
                "                  [--port ...]\n"
                "                  [--fwd io|macswap|rxonly|txonly|l2] [--burst N] [--txpkts N]\n"
                "                  [--stats-period SECONDS] [--tx-retry N]\n"
@@ -105,6 +107,14 @@ PortSpec parse_port(const std::string& text, std::size_t index) {
       spec.config.mrg_rxbuf = value == "1";
     } else if (key == "mac") {
       spec.config.mac = parse_mac(value);
+    } else if (key == "coalesce-usecs") {
+      const unsigned long usecs = parse_number("--port coalesce-usecs", value);
+      if (usecs == 0 || usecs > 1000000) usage("--port coalesce-usecs=" + value + ": must be 1..1000000");
+      spec.config.call_coalescing.max_delay = std::chrono::microseconds(usecs);
+    } else if (key == "coalesce-packets") {
+      const unsigned long packets = parse_number("--port coalesce-packets", value);
+      if (packets == 0 || packets > kMaxQueueSize) usage("--port coalesce-packets=" + value + ": must be 1..32768");
+      spec.config.call_coalescing.max_buffers = static_cast<std::uint16_t>(packets);
     } else if (key == "lcore") {
       const unsigned long lcore = parse_number("--port lcore", value);
       if (lcore > std::numeric_limits<unsigned>::max()) usage("--port lcore=" + value + ": out of range");
@@ -116,6 +126,10 @@ PortSpec parse_port(const std::string& text, std::size_t index) {
     start = comma + 1;
   }
   if (spec.path.empty()) usage("--port needs path=PATH");
+  // A count alone would hold the last calls of a burst until more traffic came.
+  if (spec.config.call_coalescing.max_buffers != 0 && !spec.config.call_coalescing.enabled()) {
+    usage("--port coalesce-packets needs coalesce-usecs (how long a held call may wait)");
+  }
   return spec;
 }
 
@@ -123,11 +137,13 @@ PortSpec parse_port(const std::string& text, std::size_t index) {
 struct Sample {
   net::PortTotals totals;
   std::uint64_t busy_cycles = 0;
+  std::uint64_t calls = 0;
 };
 
 // Busy cycles of every ring of a port, and the data lcores polling its rings now.
 struct PortRings {
   std::uint64_t busy_cycles = 0;
+  std::uint64_t calls = 0;       // guest notifications made, every ring
   std::vector<unsigned> lcores;  // ascending, unique
 };
 
@@ -135,6 +151,7 @@ PortRings port_rings(Daemon& daemon) {
   PortRings rings;
   for (const RingReport& r : daemon.ring_reports()) {
     rings.busy_cycles += r.busy_cycles;
+    rings.calls += r.notifications;
     if (r.lcore >= 0) rings.lcores.push_back(static_cast<unsigned>(r.lcore));
   }
   std::sort(rings.lcores.begin(), rings.lcores.end());
@@ -303,17 +320,20 @@ int main(int argc, char** argv) {
         const std::uint64_t busy = rings.busy_cycles;
         Sample& prev = last[i];
         if (busy < prev.busy_cycles) prev.busy_cycles = 0;  // a new connection's rings count from zero
+        if (rings.calls < prev.calls) prev.calls = 0;
         const double rx_pps = static_cast<double>(t.rx_packets - prev.totals.rx_packets) / seconds;
         const double tx_pps = static_cast<double>(t.tx_packets - prev.totals.tx_packets) / seconds;
         const double rx_gbps = static_cast<double>(t.rx_bytes - prev.totals.rx_bytes) * 8 / seconds / 1e9;
         const double tx_gbps = static_cast<double>(t.tx_bytes - prev.totals.tx_bytes) * 8 / seconds / 1e9;
         const double busy_pct = 100.0 * static_cast<double>(busy - prev.busy_cycles) /
                                 static_cast<double>(std::max<std::uint64_t>(cycles - last_cycles, 1));
-        std::printf("port %zu: rx %.3f Mpps %.3f Gbit/s | tx %.3f Mpps %.3f Gbit/s | drops %llu | busy %.1f%% | lcores %s\n",
+        const double calls_per_second = static_cast<double>(rings.calls - prev.calls) / seconds;
+        std::printf("port %zu: rx %.3f Mpps %.3f Gbit/s | tx %.3f Mpps %.3f Gbit/s | drops %llu | busy %.1f%% | "
+                    "lcores %s | calls %.0f/s\n",
                     i, rx_pps / 1e6, rx_gbps, tx_pps / 1e6, tx_gbps,
                     static_cast<unsigned long long>(t.tx_drops - prev.totals.tx_drops), busy_pct,
-                    format_id_list(rings.lcores).c_str());
-        prev = Sample{t, busy};
+                    format_id_list(rings.lcores).c_str(), calls_per_second);
+        prev = Sample{t, busy, rings.calls};
       }
       std::fflush(stdout);
       last_cycles = cycles;

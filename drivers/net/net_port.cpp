@@ -344,6 +344,10 @@ bool NetPort::queue_polled(std::uint16_t index) const {
   return handler_ != nullptr && handler_->polls_guest_rx();
 }
 
+CallCoalescing NetPort::call_coalescing(std::uint16_t index) const {
+  return index == ctrl_ring() ? CallCoalescing{} : config_.call_coalescing;
+}
+
 void NetPort::ring_attached(std::uint16_t index, VringState& ring) {
   // Release: the ring's configuration is visible to the lcore that acquires the pointer.
   if (index < num_queues()) rings_[index].store(&ring, std::memory_order_release);

@@ -214,6 +214,8 @@ void Poller::sleep_until_kicked() {
     hot_->stats.sleeping.store(true, std::memory_order_relaxed);
     // Offline: the control lcore must not wait for this thread's quiescent point while it
     // sleeps; from here until online() the thread holds no pointer into the list or a ring.
+    // Offline holds nothing: the held calls are made now (the guest may be waiting on them).
+    hot_->held_calls.flush_all();
     reader_->offline();
     epoll_event events[16];
     // Which fd fired does not matter (every ring is polled next); EINTR: just poll again.
@@ -239,6 +241,8 @@ void Poller::run(std::stop_token stop) {
     if (wakeup_) eventfd_signal(wakeup_.get());
   });
   reader_->online(domain_);
+  DeferredCalls& held_calls = hot_->held_calls;
+  DeferredCalls::install(&held_calls);
   const bool may_sleep = options_.mode != PollMode::busy;
   std::uint64_t idle_loops = 0;
   std::chrono::steady_clock::time_point idle_since;
@@ -247,8 +251,18 @@ void Poller::run(std::stop_token stop) {
     const PollList* list = hot_->current.load(std::memory_order_acquire);
     bool busy = false;
     for (std::size_t i = 0; i < list->size; ++i) busy |= list->rings[i].poll(list->rings[i]);
-    // Quiescent point: this thread holds no pointer into the list, any ring or memory table.
-    reader_->quiescent(domain_);
+    // Quiescent point: this thread holds no pointer into the list, any ring or memory table,
+    // but for the rings of held calls. Those are made first when the epoch moved (the control
+    // lcore waits to change or free a ring); otherwise only those whose time has come.
+    const std::uint64_t epoch = domain_.epoch();
+    if (!held_calls.empty()) {
+      if (epoch != reader_->seen()) {
+        held_calls.flush_all();
+      } else {
+        held_calls.flush_due();
+      }
+    }
+    reader_->quiescent_at(epoch);
     add_single_writer(hot_->stats.loops, 1);
     if (busy) {
       add_single_writer(hot_->stats.busy_loops, 1);
@@ -260,6 +274,8 @@ void Poller::run(std::stop_token stop) {
       cpu_relax();
     }
   }
+  held_calls.flush_all();
+  DeferredCalls::install(nullptr);
   reader_->offline();
 }
 

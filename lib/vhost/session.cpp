@@ -509,6 +509,12 @@ void Session::update_polling(std::uint16_t index) {
 
 void Session::start_ring(std::uint16_t index) {
   RingSlot& slot = rings_[index];
+  CallCoalescing coalescing = backend_.call_coalescing(index);
+  if (coalescing.enabled() && slot.vring->locking() != VringLocking::none) {
+    log_warning(name_, ": ring ", index, ": call coalescing needs VringLocking::none (a held call is made ",
+                "outside the ring lock); its calls are made at once");
+    coalescing = {};
+  }
   bool ok = slot.vring->with_mut([&](VringState& ring) {
     const bool configured = ring.visit([&](auto& queue) {
       try {
@@ -520,6 +526,7 @@ void Session::start_ring(std::uint16_t index) {
       queue.set_memory(&memory_);
       queue.set_event_idx((acked_features_ & kVirtioFRingEventIdx) != 0);
       queue.set_in_order((acked_features_ & kVirtioFInOrder) != 0);
+      queue.set_call_coalescing(coalescing);
       // The poller spins on the ring: guest kicks would only cost the guest exits.
       queue.disable_notifications();
       return true;

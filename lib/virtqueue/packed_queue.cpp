@@ -155,6 +155,9 @@ void PackedQueue::reset() noexcept {
   in_order_ = false;
   write_mask_ = kVringDescFWrite;
   call_fd_ = -1;
+  // A held call stays listed (a reset ring is off every data lcore, whose lists were flushed
+  // first: see call_coalescing.hpp); only the setting goes.
+  held_call_.configure({});
   base_ = kPackedInitialBase;
   table_ = nullptr;
   desc_ = nullptr;
@@ -478,9 +481,19 @@ void PackedQueue::flush_used() noexcept {
 }
 
 bool PackedQueue::notify() noexcept {
-  if (VHOSTD_UNLIKELY(error_ != RingError::none || driver_event_ == nullptr)) return false;
-  // Nothing published since the last call.
-  if (used_slots_ == signalled_slots_) return false;
+  if (!call_pending()) return false;
+  if (VHOSTD_UNLIKELY(held_call_.hold(this, &make_held_call, used_slots_ - signalled_slots_))) return false;
+  return decide_call();
+}
+
+void PackedQueue::make_held_call(void* queue) noexcept {
+  auto& self = *static_cast<PackedQueue*>(queue);
+  self.held_call_.released();
+  // The ring may have gone into error, or had its call decided (max_buffers), since it was held.
+  if (self.call_pending()) self.decide_call();
+}
+
+bool PackedQueue::decide_call() noexcept {
   // Full fence: our used flags stores are visible before we read the driver area; pairs with
   // the driver's fence between re-enabling events there and re-checking its next used
   // descriptor (else both miss an update).

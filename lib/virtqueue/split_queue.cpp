@@ -197,6 +197,9 @@ void SplitQueue::reset() noexcept {
   in_order_ = false;
   write_mask_ = kVringDescFWrite;
   call_fd_ = -1;
+  // A held call stays listed (a reset ring is off every data lcore, whose lists were flushed
+  // first: see call_coalescing.hpp); only the setting goes.
+  held_call_.configure({});
   table_ = nullptr;
   desc_ = nullptr;
   avail_ = nullptr;
@@ -473,9 +476,19 @@ void SplitQueue::flush_used() noexcept {
 }
 
 bool SplitQueue::notify() noexcept {
-  if (VHOSTD_UNLIKELY(error_ != RingError::none || avail_ == nullptr)) return false;
-  // Nothing published since the last call (signalled_used_ starts at the ring's base index).
-  if (signalled_used_ == used_idx_) return false;
+  if (!call_pending()) return false;
+  if (VHOSTD_UNLIKELY(held_call_.hold(this, &make_held_call, static_cast<std::uint16_t>(used_idx_ - signalled_used_)))) return false;
+  return decide_call();
+}
+
+void SplitQueue::make_held_call(void* queue) noexcept {
+  auto& self = *static_cast<SplitQueue*>(queue);
+  self.held_call_.released();
+  // The ring may have gone into error, or had its call decided (max_buffers), since it was held.
+  if (self.call_pending()) self.decide_call();
+}
+
+bool SplitQueue::decide_call() noexcept {
   // Full fence: our used idx store is visible before we read flags/used_event; pairs with the
   // driver's fence between reading used idx and writing used_event (else both miss an update).
   std::atomic_thread_fence(std::memory_order_seq_cst);

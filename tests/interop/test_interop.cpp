@@ -236,7 +236,7 @@ TEST_P(InteropRingTest, TwoPortLoopConservesPackets) {
   // --stats-period 1: a line per port per second, in the documented format, showing traffic.
   const std::regex format(
       R"(port (\d+): rx (\d+\.\d+) Mpps \d+\.\d+ Gbit/s \| tx (\d+\.\d+) Mpps \d+\.\d+ Gbit/s)"
-      R"( \| drops \d+ \| busy \d+(\.\d+)?% \| lcores ([0-9,-]+|none))");
+      R"( \| drops \d+ \| busy \d+(\.\d+)?% \| lcores ([0-9,-]+|none) \| calls \d+/s)");
   std::map<int, int> lines, busy_lines;
   for (const std::string& line : split_lines(vhostd.process().output())) {
     if (!starts_with(line, "port ")) continue;

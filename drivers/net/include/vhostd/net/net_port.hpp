@@ -54,6 +54,9 @@ struct NetPortConfig {
   bool offloads = true;                 // offer CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6
   MacAddress mac{0x02, 0, 0, 0, 0, 1};  // config-space MAC (VIRTIO_NET_F_MAC)
   std::uint16_t mtu = kEthDefaultMtu;   // config-space MTU (VIRTIO_NET_F_MTU)
+  // Guest calls on the RX and TX rings (not the control queue): off by default; see
+  // vhostd/virtqueue/call_coalescing.hpp.
+  CallCoalescing call_coalescing{};
 };
 
 // One received packet: a view of the guest's TX chain plus its validated header. The frame's
@@ -180,6 +183,7 @@ class NetPort : public Backend {
   void reset() override;
   void queue_started(std::uint16_t index, VringState& ring) override;
   bool queue_polled(std::uint16_t index) const override;
+  CallCoalescing call_coalescing(std::uint16_t index) const override;
   void ring_attached(std::uint16_t index, VringState& ring) override;
   void ring_detached(std::uint16_t index) override;
   void handle_queue(std::uint16_t index, VringState& ring) noexcept override;

@@ -27,6 +27,12 @@ struct alignas(kCacheLine) QsbrReader {
 
   // Called between iterations: the reader holds no snapshot pointer here.
   void quiescent(const QsbrDomain& domain) noexcept;
+  // The same for an `epoch` the reader loaded itself (domain.epoch()) and compared with
+  // seen(): a reader that keeps a pointer across iterations lets it go when the epoch moved
+  // (a writer is waiting), before it reports that epoch.
+  void quiescent_at(std::uint64_t epoch) noexcept;
+  // The epoch this reader last reported (reader thread only).
+  std::uint64_t seen() const noexcept { return seen_epoch.load(std::memory_order_relaxed); }
   // The reader will hold nothing until online() (e.g. it is about to sleep).
   void offline() noexcept;
   void online(const QsbrDomain& domain) noexcept;
@@ -57,6 +63,10 @@ class QsbrDomain {
 inline void QsbrReader::quiescent(const QsbrDomain& domain) noexcept {
   // Release: every access to the previous snapshot is ordered before the writer sees this.
   seen_epoch.store(domain.epoch(), std::memory_order_release);
+}
+inline void QsbrReader::quiescent_at(std::uint64_t epoch) noexcept {
+  // Release: as quiescent().
+  seen_epoch.store(epoch, std::memory_order_release);
 }
 inline void QsbrReader::offline() noexcept {
   seen_epoch.store(0, std::memory_order_release);

@@ -25,6 +25,14 @@
 // lost between the last check and the sleep. On waking the poller turns notifications off
 // again and spins. A ring without a kick fd (NOFD: the frontend expects polling), or whose
 // kick fd cannot be waited on, keeps its poller spinning.
+//
+// Held guest calls (call coalescing, vhostd/virtqueue/call_coalescing.hpp): the poller installs
+// its DeferredCalls as its thread's list, so rings whose calls are coalesced and that this
+// thread writes (its own rings, and the RX rings its handlers forward into) leave their calls
+// there. Each loop makes the calls whose time has come. The list points at rings across loops,
+// which QSBR alone would not allow: so at the quiescent point of a new epoch (the control lcore
+// may be taking a ring away) the poller first makes every held call, and it does the same
+// before it sleeps (QSBR offline) and when it stops.
 #pragma once
 
 #include <atomic>
@@ -124,6 +132,9 @@ class Poller {
   struct HotState {
     alignas(kCacheLine) std::atomic<const PollList*> current{nullptr};
     alignas(kCacheLine) PollerStats stats;
+    // Guest calls held back by call coalescing on rings this lcore wrote (the thread's
+    // DeferredCalls::current()).
+    alignas(kCacheLine) DeferredCalls held_calls;
     PollList lists[2];
   };
   // Polls one ring of layout Queue (Locked: behind its Vring's lock); true if it had work.

@@ -71,6 +71,11 @@ class Backend {
   // A ring that is not polled is driven from other rings' handlers: a net RX ring is filled
   // when packets arrive on another port, not when the guest posts buffers.
   virtual bool queue_polled(std::uint16_t /*index*/) const { return true; }
+  // How the guest's calls on ring `index` are coalesced (vhostd/virtqueue/call_coalescing.hpp;
+  // default off: every call the guest asks for is made at once). Applied when the ring starts,
+  // and only with VringLocking::none: a held call is made later by the data lcore that wrote
+  // the ring, outside any ring lock.
+  virtual CallCoalescing call_coalescing(std::uint16_t /*index*/) const { return {}; }
   // The ring joins / is about to leave the data path (control lcore, around every hand-over to
   // or from the pollers, pauses for a reconfiguration included). Between ring_attached() and
   // ring_detached() any data lcore of the runtime may use the ring, as its single writer;

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "vhostd/memory/guest_memory.hpp"
+#include "vhostd/virtqueue/call_coalescing.hpp"
 #include "vhostd/virtqueue/split_queue.hpp"
 
 namespace vhostd {
@@ -139,6 +140,10 @@ class PackedQueue {
   std::uint32_t vring_base() const noexcept;
   // The call eventfd to signal (not owned); -1 = never notify.
   void set_call_fd(int fd) noexcept { call_fd_ = fd; }
+  // Hold due calls back and make one for many used buffers (call_coalescing.hpp); off by default
+  // and after reset(). Only for a ring whose writer is a data lcore's poller thread.
+  void set_call_coalescing(const CallCoalescing& setting) noexcept { held_call_.configure(setting); }
+  const CallCoalescing& call_coalescing() const noexcept { return held_call_.setting(); }
   // Throws Error naming the area if one is not inside one mapped region or misaligned
   // (descriptor ring 16 bytes, event areas 4).
   void check_addresses(const MemoryTable& table) const;
@@ -199,6 +204,8 @@ class PackedQueue {
   void flush_used() noexcept;
   // After flush_used(): signals the call fd if the driver area asks for it (ENABLE, or DESC
   // with EVENT_IDX and its offset passed); returns whether it did.
+  // With call coalescing on, a due call may be held instead (false returned) and made later by
+  // the calling thread's DeferredCalls, after the same check.
   bool notify() noexcept;
   // Driver kick suppression while a poller spins on this ring (DISABLE), and re-enabling
   // before a sleep (ENABLE, or DESC at the next avail slot with EVENT_IDX).
@@ -249,6 +256,14 @@ class PackedQueue {
   void apply_base() noexcept;
 
   bool refresh_table() noexcept;
+  // Used buffers were published since the last call decision (and the ring works).
+  bool call_pending() const noexcept {
+    return VHOSTD_LIKELY(error_ == RingError::none && driver_event_ != nullptr) && used_slots_ != signalled_slots_;
+  }
+  // notify()'s decision, made now: signals the call fd if the guest wants a call.
+  bool decide_call() noexcept;
+  // DeferredCalls::SignalFn: the held call's time has come.
+  static void make_held_call(void* queue) noexcept;
   bool fail(RingError error) noexcept;
   void finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept;
   // IN_ORDER: folds runs of shadow_used_ into single elements in place; returns how many remain.
@@ -303,6 +318,8 @@ class PackedQueue {
   std::vector<UsedElem> shadow_used_;  // staged used elements; sized at set_size()
   std::uint32_t shadow_count_ = 0;
   std::uint32_t shadow_slots_ = 0;
+
+  HeldCall held_call_;
 
   RingError error_ = RingError::none;
   RingStats stats_;

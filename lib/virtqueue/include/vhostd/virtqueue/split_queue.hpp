@@ -20,6 +20,7 @@
 
 #include "vhostd/base/compiler.hpp"
 #include "vhostd/memory/guest_memory.hpp"
+#include "vhostd/virtqueue/call_coalescing.hpp"
 
 namespace vhostd {
 
@@ -207,6 +208,10 @@ class SplitQueue {
   std::uint16_t used_idx() const noexcept { return used_idx_; }
   // The call eventfd to signal (not owned); -1 = never notify.
   void set_call_fd(int fd) noexcept { call_fd_ = fd; }
+  // Hold due calls back and make one for many used buffers (call_coalescing.hpp); off by default
+  // and after reset(). Only for a ring whose writer is a data lcore's poller thread.
+  void set_call_coalescing(const CallCoalescing& setting) noexcept { held_call_.configure(setting); }
+  const CallCoalescing& call_coalescing() const noexcept { return held_call_.setting(); }
   // Throws Error naming the area if the ring areas are not each inside one mapped region.
   void check_addresses(const MemoryTable& table) const;
   // Back to the unconfigured state (error cleared, counters kept).
@@ -261,6 +266,8 @@ class SplitQueue {
   void flush_used() noexcept;
   // After flush_used(): signals the call fd if the guest asked for it (EVENT_IDX used_event or
   // NO_INTERRUPT); returns whether it did.
+  // With call coalescing on, a due call may be held instead (false returned) and made later by
+  // the calling thread's DeferredCalls, after the same check.
   bool notify() noexcept;
   // Guest kick suppression while a poller spins on this ring, and re-enabling before a sleep.
   // enable_notifications() returns true if work arrived meanwhile (re-check before sleeping).
@@ -272,6 +279,14 @@ class SplitQueue {
 
  private:
   bool refresh_table() noexcept;
+  // Used buffers were published since the last call decision (and the ring works).
+  bool call_pending() const noexcept {
+    return VHOSTD_LIKELY(error_ == RingError::none && avail_ != nullptr) && signalled_used_ != used_idx_;
+  }
+  // notify()'s decision, made now: signals the call fd if the guest wants a call.
+  bool decide_call() noexcept;
+  // DeferredCalls::SignalFn: the held call's time has come.
+  static void make_held_call(void* queue) noexcept;
   // The bookkeeping of a successful pop(): pop record, index, counter, avail_event.
   void finish_pop(std::uint16_t head, bool writable) noexcept;
   // IN_ORDER: folds runs of shadow_used_ into single entries in place; returns how many
@@ -318,6 +333,8 @@ class SplitQueue {
   };
   std::vector<PopRecord> popped_;
   std::vector<std::uint16_t> shadow_offset_;  // IN_ORDER: folded entry -> used idx offset
+
+  HeldCall held_call_;
 
   RingError error_ = RingError::none;
   RingStats stats_;

@@ -82,6 +82,16 @@ class VringState {
   }
   void set_err(UniqueFd fd) noexcept { err_ = std::move(fd); }
 
+  // Call coalescing for the ring (call_coalescing.hpp), in whichever layout it runs; control path,
+  // ring stopped. The framework sets it when the ring starts (Backend::call_coalescing()).
+  void set_call_coalescing(const CallCoalescing& setting) noexcept {
+    split_.set_call_coalescing(setting);
+    packed_.set_call_coalescing(setting);
+  }
+  const CallCoalescing& call_coalescing() const noexcept {
+    return packed() ? packed_.call_coalescing() : split_.call_coalescing();
+  }
+
   bool enabled() const noexcept { return enabled_; }
   void set_enabled(bool enabled) noexcept { enabled_ = enabled; }
 
