@@ -183,6 +183,26 @@ std::string mode_param_name(const ::testing::TestParamInfo<ModeParam>& info) {
   return std::string(to_string(std::get<0>(info.param))) + "_" + to_string(std::get<1>(info.param));
 }
 
+// A data lcore makes its held calls (call coalescing) before it sleeps: a guest waiting for its
+// interrupt is not left waiting for the delay, or for ever once no traffic comes.
+TEST_P(PollModeTest, HeldCallsAreMadeBeforeThePollerSleeps) {
+  backend_->set_call_coalescing({0, std::chrono::hours(1)});
+  TestFrontend frontend = connect();
+  frontend.setup_device(options());
+  frontend.ring(0).set_used_event(0);
+  for (int round = 0; round < 5; ++round) {
+    ASSERT_TRUE(wait_settled_asleep(frontend, {0})) << "round " << round;
+    frontend.drain_call(0);
+    const std::uint64_t sleeps = stats().sleeps.load();
+    std::vector<PendingEcho> pending;
+    publish(frontend, 0, 4, round, pending);
+    ASSERT_NO_THROW(complete_echoes(frontend, 0, pending)) << "round " << round;
+    frontend.ring(0).set_used_event(0);
+    EXPECT_TRUE(frontend.wait_call(0, 2s)) << "round " << round << ": the held call was not made";
+    EXPECT_TRUE(wait_until([&] { return stats().sleeps.load() > sleeps; })) << "round " << round;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, PollModeTest,
                          ::testing::Combine(::testing::Values(RingLayout::split, RingLayout::packed),
                                             ::testing::Values(PollMode::interrupt, PollMode::adaptive)),

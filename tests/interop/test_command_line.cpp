@@ -57,6 +57,11 @@ TEST_F(CommandLineTest, BadOptionsAreRefusedWithExitStatusTwoAndTheirName) {
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=0"}, "lcore=0: not a data lcore"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=7"}, "lcore=7: not a data lcore"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=x"}, "lcore"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",coalesce-usecs=0"}, "coalesce-usecs=0"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",coalesce-usecs=1000001"}, "coalesce-usecs=1000001"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",coalesce-usecs=50,coalesce-packets=0"},
+       "coalesce-packets=0"},
+      {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",coalesce-packets=32"}, "needs coalesce-usecs"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock + ",lcore=1", "--port", "path=" + (dir_ / "p1.sock"),
         "--fwd", "l2"}, "same on every port"},
       {{"-l", "0,1", "--main-lcore", "0", "--port", sock, "--fwd", "bogus"}, "bogus"},
@@ -108,7 +113,8 @@ TEST_F(CommandLineTest, ExplicitLcoreIsAssignedAtStart) {
 TEST_F(CommandLineTest, StartsReadyAndStopsCleanlyOnSigterm) {
   const std::string s0 = dir_ / "p0.sock", s1 = dir_ / "p1.sock";
   Process process(Process::Options{{fwd_binary(), "-l", "0,1", "--main-lcore", "0", "--port", "path=" + s0,
-                                    "--port", "path=" + s1 + ",queues=2", "--fwd", "l2"},
+                                    "--port", "path=" + s1 + ",queues=2,coalesce-usecs=50,coalesce-packets=32",
+                                    "--fwd", "l2"},
                                    dir_ / "fwd.log"});
   ASSERT_TRUE(process.wait_for_text("vhostd-fwd: ready", 10s)) << process.tail();
   EXPECT_TRUE(exists(s0) && exists(s1)) << "sockets not created";

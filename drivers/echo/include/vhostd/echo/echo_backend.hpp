@@ -26,6 +26,9 @@ class EchoBackend : public Backend {
   std::uint64_t features() const override;
   std::uint64_t protocol_features() const override;
   VringLocking vring_locking() const override { return locking_; }
+  // Every ring's call coalescing (off by default); set before the device is served.
+  void set_call_coalescing(const CallCoalescing& setting) noexcept { coalescing_ = setting; }
+  CallCoalescing call_coalescing(std::uint16_t) const override { return coalescing_; }
   std::vector<std::uint8_t> get_config(std::uint32_t offset, std::uint32_t size) override;
   void handle_queue(std::uint16_t index, VringState& ring) noexcept override;
 
@@ -33,6 +36,7 @@ class EchoBackend : public Backend {
   std::size_t num_queues_;
   std::uint32_t max_queue_size_;
   VringLocking locking_;
+  CallCoalescing coalescing_{};
 };
 
 }  // namespace vhostd
