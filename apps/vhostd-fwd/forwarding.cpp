@@ -6,6 +6,8 @@
 
 #include "vhostd/base/compiler.hpp"
 #include "vhostd/base/error.hpp"
+#include "vhostd/memory/numa.hpp"
+#include "vhostd/runtime/poller.hpp"
 
 namespace vhostd::fwd {
 
@@ -13,13 +15,36 @@ using net::NetPort;
 using net::Packet;
 using net::PacketBurst;
 
+// One data lcore's scratch, in one NodeLocalBuffer on that lcore's NUMA node (a 2 MB hugepage
+// when one is free): the burst's arrays and the per-destination lists come from a monotonic
+// arena over it, sized up front (the heap would only serve a miscount).
 struct Forwarder::LcoreContext {
-  explicit LcoreContext(std::uint16_t burst, std::size_t num_ports)
-      : packets(burst), pointers(burst), per_port(num_ports, std::vector<Packet*>(burst)), counts(num_ports) {}
+  LcoreContext(std::uint16_t burst, std::size_t num_ports, int numa_node)
+      : node(numa_node),
+        memory(NodeLocalBuffer::allocate(arena_bytes(burst, num_ports), numa_node)),
+        arena(memory.data(), memory.size()),
+        packets(burst, &arena),
+        pointers(burst, &arena),
+        per_port(&arena),
+        counts(num_ports, &arena) {
+    per_port.reserve(num_ports);
+    for (std::size_t p = 0; p < num_ports; ++p) per_port.emplace_back(burst);  // allocator propagates
+  }
+  static std::size_t arena_bytes(std::uint16_t burst, std::size_t num_ports) {
+    return PacketBurst::array_bytes(burst) + burst * sizeof(Packet*) +
+           num_ports * (sizeof(std::pmr::vector<Packet*>) + burst * sizeof(Packet*) + sizeof(std::uint16_t)) +
+           16 * kCacheLine;  // alignment padding between the arrays
+  }
+
+  int node;                       // of the lcore this context is meant for (-1 unknown)
+  std::atomic<bool> claimed{false};  // by a poller thread, on its first call
+  std::atomic<int> lcore{-1};        // the claiming poller's lcore id (relaxed: a report)
+  NodeLocalBuffer memory;
+  std::pmr::monotonic_buffer_resource arena;
   PacketBurst packets;
-  std::vector<Packet*> pointers;               // io / macswap: the burst in order
-  std::vector<std::vector<Packet*>> per_port;  // l2: packets per destination port
-  std::vector<std::uint16_t> counts;
+  std::pmr::vector<Packet*> pointers;               // io / macswap: the burst in order
+  std::pmr::vector<std::pmr::vector<Packet*>> per_port;  // l2: packets per destination port
+  std::pmr::vector<std::uint16_t> counts;
 };
 
 namespace {
@@ -99,9 +124,12 @@ const char* to_string(FwdMode mode) noexcept {
 }
 
 Forwarder::Forwarder(const FwdOptions& options, std::vector<NetPort*> ports, std::size_t num_lcores)
+    : Forwarder(options, std::move(ports), std::vector<int>(std::max<std::size_t>(num_lcores, 1), -1)) {}
+
+Forwarder::Forwarder(const FwdOptions& options, std::vector<NetPort*> ports, const std::vector<int>& lcore_nodes)
     : options_(options),
       ports_(std::move(ports)),
-      num_lcores_(std::max<std::size_t>(num_lcores, 1)),
+      num_lcores_(std::max<std::size_t>(lcore_nodes.size(), 1)),
       mac_table_(options.l2_age_seconds) {
   if (options_.burst == 0 || options_.burst > net::kMaxBurst) {
     throw_error("--burst ", options_.burst, ": must be 1..", net::kMaxBurst);
@@ -109,7 +137,8 @@ Forwarder::Forwarder(const FwdOptions& options, std::vector<NetPort*> ports, std
   if (options_.txpkts < 60 || options_.txpkts > 9000) throw_error("--txpkts ", options_.txpkts, ": must be 60..9000");
   if (ports_.empty()) throw_error("no port");
   for (std::size_t i = 0; i < num_lcores_; ++i) {
-    contexts_.push_back(std::make_unique<LcoreContext>(options_.burst, ports_.size()));
+    const int node = i < lcore_nodes.size() ? lcore_nodes[i] : -1;
+    contexts_.push_back(std::make_unique<LcoreContext>(options_.burst, ports_.size(), node));
   }
   // Frames generated in txonly mode: a zeroed virtio-net header (12 bytes; a legacy guest's
   // 10-byte header is the same bytes' prefix) then the frame, as one readable segment.
@@ -140,13 +169,38 @@ Forwarder::~Forwarder() = default;
 
 Forwarder::LcoreContext& Forwarder::context() noexcept {
   if (VHOSTD_UNLIKELY(t_context_owner != id_)) {
-    // First call from this poller thread: claim one of the contexts made up front. The
-    // runtime calls in from at most num_lcores threads.
-    const std::size_t i = next_context_.fetch_add(1, std::memory_order_relaxed);
-    t_context = contexts_[std::min(i, contexts_.size() - 1)].get();
+    t_context = &claim_context();
     t_context_owner = id_;
   }
   return *static_cast<LcoreContext*>(t_context);
+}
+
+std::vector<Forwarder::ScratchReport> Forwarder::scratch_reports() const {
+  std::vector<ScratchReport> reports;
+  for (const auto& context : contexts_) {
+    reports.push_back({context->node, context->memory.bound_node(), context->memory.hugepages(),
+                       context->lcore.load(std::memory_order_relaxed)});
+  }
+  return reports;
+}
+
+Forwarder::LcoreContext& Forwarder::claim_context() noexcept {
+  // First call from this thread: a free context made for this lcore's node, else any free one.
+  // The runtime calls in from at most num_lcores threads.
+  const Poller* poller = Poller::current();
+  const int node = poller != nullptr ? poller->numa_node() : -1;
+  for (const bool same_node_only : {true, false}) {
+    for (auto& context : contexts_) {
+      if (same_node_only && context->node != node) continue;
+      bool free = false;
+      // Acq_rel: one thread wins each context.
+      if (context->claimed.compare_exchange_strong(free, true, std::memory_order_acq_rel)) {
+        if (poller != nullptr) context->lcore.store(static_cast<int>(poller->lcore_id()), std::memory_order_relaxed);
+        return *context;
+      }
+    }
+  }
+  return *contexts_.back();
 }
 
 std::size_t Forwarder::index_of(const NetPort& port) const noexcept {

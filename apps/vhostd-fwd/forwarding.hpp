@@ -37,9 +37,25 @@ struct FwdOptions {
 
 class Forwarder : public net::PacketHandler {
  public:
-  // `ports` outlive the forwarder; `num_lcores` data lcores will call it.
+  // `ports` outlive the forwarder; one data lcore per entry of `lcore_nodes` will call it, each
+  // getting its scratch on its NUMA node (the entry; -1 unknown), found through
+  // Poller::current() on its first call.
+  Forwarder(const FwdOptions& options, std::vector<net::NetPort*> ports, const std::vector<int>& lcore_nodes);
+  // `num_lcores` data lcores on unknown nodes.
   Forwarder(const FwdOptions& options, std::vector<net::NetPort*> ports, std::size_t num_lcores);
   ~Forwarder() override;
+
+  // Where each data lcore's scratch (burst arrays, per-port lists) lives, one entry per
+  // context made up front: the node it was made for, the node its memory is bound to (-1: not
+  // bound), whether it got a hugepage, and the lcore that claimed it (-1: none yet, or a thread
+  // that is not a poller).
+  struct ScratchReport {
+    int node = -1;
+    int bound_node = -1;
+    bool hugepage = false;
+    int lcore = -1;
+  };
+  std::vector<ScratchReport> scratch_reports() const;
 
   // Ring indexes per data lcore for port `port_index` (NetPort::set_queue_placement()).
   std::vector<std::vector<std::uint16_t>> plan_placement(std::size_t port_index) const;
@@ -55,10 +71,11 @@ class Forwarder : public net::PacketHandler {
   void on_rarp(net::NetPort& port, const net::MacAddress& mac) override;
 
  private:
-  // One data lcore's scratch: a burst and the per-destination packet lists. Claimed by a
-  // poller thread the first time it calls in; allocated up front.
+  // One data lcore's scratch: a burst and the per-destination packet lists, node-local.
+  // Allocated up front; claimed by a poller thread the first time it calls in.
   struct LcoreContext;
   LcoreContext& context() noexcept;
+  LcoreContext& claim_context() noexcept;
   std::size_t index_of(const net::NetPort& port) const noexcept;
   // Transmits with the configured retries; drops and counts what does not fit.
   void send(net::NetPort& dest, std::uint16_t pair, net::Packet* const* packets, std::uint16_t n) noexcept;
@@ -70,7 +87,6 @@ class Forwarder : public net::PacketHandler {
   std::vector<net::NetPort*> ports_;
   std::size_t num_lcores_;
   std::vector<std::unique_ptr<LcoreContext>> contexts_;
-  std::atomic<std::size_t> next_context_{0};
   MacTable mac_table_;
   // txonly: one template frame per port (virtio-net header + UDP frame).
   std::vector<std::vector<std::uint8_t>> templates_;

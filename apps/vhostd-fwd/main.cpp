@@ -257,7 +257,9 @@ int main(int argc, char** argv) {
       ports.push_back(std::make_shared<net::NetPort>("port" + std::to_string(i), specs[i].config));
       raw.push_back(ports.back().get());
     }
-    fwd::Forwarder forwarder(options, raw, runtime.num_pollers());
+    std::vector<int> lcore_nodes;
+    for (std::size_t l = 0; l < runtime.num_pollers(); ++l) lcore_nodes.push_back(runtime.poller(l).numa_node());
+    fwd::Forwarder forwarder(options, raw, lcore_nodes);
 
     std::printf("vhostd-fwd: fwd %s, burst %u, %zu data lcore(s), main lcore %u (cpu %s), poll mode %s\n",
                 fwd::to_string(options.mode), options.burst, runtime.num_pollers(), cores.main_lcore,

@@ -234,11 +234,11 @@ std::uint32_t build_rarp(const MacAddress& mac, std::uint8_t* frame) noexcept {
 
 // ---- PacketBurst ----
 
-PacketBurst::PacketBurst(std::uint16_t capacity)
+PacketBurst::PacketBurst(std::uint16_t capacity, std::pmr::memory_resource* memory)
     : capacity_(std::clamp<std::uint16_t>(capacity, 1, kMaxBurst)),
-      chains_(std::make_unique<DescriptorChain[]>(capacity_)),
-      packets_(std::make_unique<Packet[]>(capacity_)),
-      heads_(std::make_unique<std::uint16_t[]>(capacity_)) {}
+      chains_(capacity_, memory),
+      packets_(capacity_, memory),
+      heads_(capacity_, memory) {}
 
 // ---- NetPort: construction and control path ----
 

@@ -18,6 +18,9 @@ namespace vhostd {
 
 namespace {
 
+// Initial-exec: one %fs-relative load (the library is never dlopen()ed).
+[[gnu::tls_model("initial-exec")]] thread_local const Poller* t_current_poller = nullptr;
+
 // Runs fn(VringState&) on a ring the poller owns, under the ring's locking if it has one.
 template <typename Fn>
 decltype(auto) with_polled_state(const PolledRing& polled, Fn&& fn) {
@@ -26,6 +29,8 @@ decltype(auto) with_polled_state(const PolledRing& polled, Fn&& fn) {
 }
 
 }  // namespace
+const Poller* Poller::current() noexcept { return t_current_poller; }
+
 const char* to_string(PollMode mode) noexcept {
   switch (mode) {
     case PollMode::busy: return "busy";
@@ -243,6 +248,7 @@ void Poller::run(std::stop_token stop) {
   reader_->online(domain_);
   DeferredCalls& held_calls = hot_->held_calls;
   DeferredCalls::install(&held_calls);
+  t_current_poller = this;
   const bool may_sleep = options_.mode != PollMode::busy;
   std::uint64_t idle_loops = 0;
   std::chrono::steady_clock::time_point idle_since;
@@ -276,6 +282,7 @@ void Poller::run(std::stop_token stop) {
   }
   held_calls.flush_all();
   DeferredCalls::install(nullptr);
+  t_current_poller = nullptr;
   reader_->offline();
 }
 

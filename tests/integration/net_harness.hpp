@@ -518,7 +518,9 @@ class NetFixture : public ::testing::Test {
       ports_.push_back(std::make_shared<net::NetPort>("port" + std::to_string(i), configs[i]));
       raw.push_back(ports_.back().get());
     }
-    forwarder_ = std::make_unique<fwd::Forwarder>(options, raw, runtime_->num_pollers());
+    std::vector<int> lcore_nodes;  // as vhostd-fwd does: each data lcore's scratch on its node
+    for (std::size_t l = 0; l < runtime_->num_pollers(); ++l) lcore_nodes.push_back(runtime_->poller(l).numa_node());
+    forwarder_ = std::make_unique<fwd::Forwarder>(options, raw, lcore_nodes);
     for (std::size_t i = 0; i < ports_.size(); ++i) {
       ports_[i]->set_handler(forwarder_.get());
       ports_[i]->set_queue_placement(forwarder_->plan_placement(i));

@@ -4,6 +4,8 @@
 // rings placed on the least-loaded data lcore as ports come and go (echo daemons, two data
 // lcores).
 
+#include <numa.h>
+
 #include <algorithm>
 #include <fstream>
 #include <functional>
@@ -44,6 +46,44 @@ void round_trip(std::vector<std::unique_ptr<NetGuest>>& guests, const std::vecto
     ASSERT_EQ(guests[i]->complete_tx(), 1u);
     const Bytes sent = eth_frame(kMacB, kMacA, 60 + i, seed + static_cast<std::uint32_t>(i));
     expect_frame_eq(guests[i]->receive().frame, swapped(sent), "round trip");
+  }
+}
+
+// Each data lcore forwards with the scratch (burst arrays, per-port lists) made for its NUMA
+// node, on a fake two-node machine (cpu 0 on node 0, cpu 1 on node 1): port 0's rings on data
+// lcore 1 (node 0), port 1's on data lcore 2 (node 1). The contexts are handed to the forwarder
+// in the other order, so only the claim by node gets them right.
+TEST_F(ManyPortsTest, EachDataLcoreForwardsWithTheScratchMadeForItsNode) {
+  runtime_.reset();
+  const CpuTopology topology = CpuTopology::from_synthetic("node:2 core:1 pu:1");
+  CoreConfig cores;
+  cores.lcores = {{0, {0}}, {1, {0}}, {2, {1}}};
+  cores.main_lcore = 0;
+  runtime_ = std::make_unique<Runtime>(cores, topology);
+  ASSERT_EQ(runtime_->poller(0).numa_node(), 0);
+  ASSERT_EQ(runtime_->poller(1).numa_node(), 1);
+  start(FwdMode::macswap, 2);
+  forwarder_ = std::make_unique<fwd::Forwarder>(fwd::FwdOptions{.mode = FwdMode::macswap},
+                                                std::vector<net::NetPort*>{&port(0), &port(1)}, std::vector<int>{1, 0});
+  for (std::size_t i = 0; i < 2; ++i) port(i).set_handler(forwarder_.get());
+  port(0).set_queue_placement({{1, 2}, {}});  // TX ring and control queue on data lcore 1
+  port(1).set_queue_placement({{}, {1, 2}});  // on data lcore 2
+  std::vector<std::unique_ptr<NetGuest>> guests;
+  guests.push_back(connect(0));
+  guests.push_back(connect(1));
+  ASSERT_NO_FATAL_FAILURE(round_trip(guests, {0, 1}, 11));
+  ASSERT_EQ(daemon(0).ring_reports().at(1).lcore, 1);
+  ASSERT_EQ(daemon(1).ring_reports().at(1).lcore, 2);
+
+  const auto reports = forwarder().scratch_reports();
+  ASSERT_EQ(reports.size(), 2u);
+  for (const auto& r : reports) {
+    SCOPED_TRACE("scratch for node " + std::to_string(r.node));
+    EXPECT_EQ(r.lcore, r.node == 0 ? 1 : 2) << "claimed by the lcore of another node";
+    // Node 0 exists here and is bound (preferred); node 1 is this machine's fiction.
+    if (numa_available() >= 0) {
+      EXPECT_EQ(r.bound_node, r.node == 0 ? 0 : -1);
+    }
   }
 }
 

@@ -31,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <memory_resource>
 #include <string>
 #include <vector>
 
@@ -71,23 +72,29 @@ struct Packet {
   std::array<std::uint8_t, kEthHeaderLen> eth{};
 };
 
-// Packets received from one ring, and the chains to give back. Owned by one lcore.
+// Packets received from one ring, and the chains to give back. Owned by one lcore; its arrays
+// come from `memory` (a data lcore's node-local arena, or the heap by default).
 class PacketBurst {
  public:
-  explicit PacketBurst(std::uint16_t capacity = kMaxBurst);
+  explicit PacketBurst(std::uint16_t capacity = kMaxBurst,
+                       std::pmr::memory_resource* memory = std::pmr::get_default_resource());
   std::uint16_t capacity() const noexcept { return capacity_; }
   std::uint16_t size() const noexcept { return num_packets_; }
   Packet& operator[](std::uint16_t i) noexcept { return packets_[i]; }
-  Packet* packets() noexcept { return packets_.get(); }
+  Packet* packets() noexcept { return packets_.data(); }
+  // Bytes the arrays of a burst of `capacity` take (to size an arena).
+  static std::size_t array_bytes(std::uint16_t capacity) noexcept {
+    return capacity * (sizeof(DescriptorChain) + sizeof(Packet) + sizeof(std::uint16_t));
+  }
 
  private:
   friend class NetPort;
   std::uint16_t capacity_;
   std::uint16_t num_packets_ = 0;
   std::uint16_t num_heads_ = 0;  // every chain popped, valid packets or not
-  std::unique_ptr<DescriptorChain[]> chains_;
-  std::unique_ptr<Packet[]> packets_;
-  std::unique_ptr<std::uint16_t[]> heads_;
+  std::pmr::vector<DescriptorChain> chains_;
+  std::pmr::vector<Packet> packets_;
+  std::pmr::vector<std::uint16_t> heads_;
 };
 
 // Per queue pair counters. rx: written by the lcore polling the guest's TX ring; tx: by the

@@ -100,6 +100,10 @@ class Poller {
   void add(const PolledRing& ring);
   void remove(const Vring* ring);
 
+  // The poller running on the calling thread (nullptr on any other thread): what a backend or
+  // engine it calls into needs to find its own lcore's state.
+  static const Poller* current() noexcept;
+
   unsigned lcore_id() const noexcept { return lcore_id_; }
   const std::vector<unsigned>& cpus() const noexcept { return cpus_; }
   // NUMA node of the lcore's CPUs as the runtime's topology says (-1 unknown).
