@@ -47,6 +47,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh" || { echo "e2e: error: cannot read $ROOT/perf/lib.sh" >&2; exit 1; }
 RING="split"
 SECONDS_PER_RUN=8
 REPEAT=3
@@ -97,39 +99,9 @@ done
 command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found (Debian: apt-get install dpdk)"
 [ -z "$PNG_FILE" ] && PNG_FILE=$BUILD/e2e.png
 
-# ---- clean-up of everything this script starts or changes, whatever happens ----
+# ---- clean-up of everything this script starts or changes, whatever happens (perf/lib.sh) ----
 PREFIX=e2e$$             # testpmd --file-prefix stem; one per process: ${PREFIX}n<k>
-tmp=""
-pids=()
-hugedir=""
-old_nr_hugepages=""
-set_nr_hugepages=""
-mounted_hugetlbfs=""
-created_hugepages_dir=""
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  done
-  [ -n "$tmp" ] && [ -z "$LOGS" ] && rm -rf "$tmp"
-  [ -n "$hugedir" ] && rm -f "$hugedir/$PREFIX"n*map_*
-  rm -rf /var/run/dpdk/"$PREFIX"n* "${XDG_RUNTIME_DIR:-/nonexistent}"/dpdk/"$PREFIX"n* /tmp/dpdk/"$PREFIX"n*
-  [ -n "$mounted_hugetlbfs" ] && { umount "$mounted_hugetlbfs" 2>/dev/null || true; }
-  [ -n "$created_hugepages_dir" ] && { rmdir /dev/hugepages 2>/dev/null || true; }
-  # Put nr_hugepages back only if nobody else changed it in the meantime.
-  if [ -n "$old_nr_hugepages" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$set_nr_hugepages" ]; then
-    echo "$old_nr_hugepages" 2>/dev/null >/proc/sys/vm/nr_hugepages || true
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -n "$LOGS" ]; then
-  mkdir -p "$LOGS" || die "cannot create $LOGS"
-  tmp=$(cd "$LOGS" && pwd)
-else
-  tmp=$(mktemp -d /tmp/vhostd-e2e.XXXXXX)
-fi
+start_session e2e
 
 # ---- vhostd-fwd: build (or update) it; the vhostd column is n/a when there is none ----
 vhostd_bin=$BUILD/apps/vhostd-fwd
@@ -170,90 +142,19 @@ commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 dpdk_version=$(dpkg-query -W -f='${Version}' dpdk 2>/dev/null || echo unknown)
 build_desc="$BUILD (buildtype $buildtype, native $native, commit $commit${build_note:+, $build_note})"
 
-# ---- memory: hugepages when they can be had (as root), --no-huge otherwise ----
-memory=""
-if [ "$HUGE" = auto ] && [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
-  page_kb=$(awk '/^Hugepagesize:/ {print $2}' /proc/meminfo)
-  want=$((2 * 1024 * 1024 / ${page_kb:-2048}))          # 2 GiB free: 1024 pages of 2 MiB
-  free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-  if [ "${free:-0}" -lt "$want" ]; then
-    old_nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)
-    set_nr_hugepages=$((old_nr_hugepages + want - ${free:-0}))
-    echo "$set_nr_hugepages" 2>/dev/null >/proc/sys/vm/nr_hugepages
-    set_nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)   # what the kernel managed
-  fi
-  hugedir=$(awk -v kb="$page_kb" '$3 == "hugetlbfs" &&
-              ($4 !~ /pagesize=/ || $4 ~ ("pagesize=" kb "k") || $4 ~ ("pagesize=" kb/1024 "M")) {print $2; exit}' /proc/mounts)
-  if [ -z "$hugedir" ] && grep -qw hugetlbfs /proc/filesystems; then
-    [ -e /dev/hugepages ] || { mkdir /dev/hugepages 2>/dev/null && created_hugepages_dir=yes; }
-    if mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null; then
-      mounted_hugetlbfs=/dev/hugepages
-      hugedir=/dev/hugepages
-    fi
-  fi
-  free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-  if [ -n "$hugedir" ] && [ "${free:-0}" -ge $((want / 2)) ]; then
-    memory="hugepages ($free free ${page_kb} kB pages, hugetlbfs $hugedir)"
-    mem_args=(-m 256 --huge-dir "$hugedir")
-  else
-    memory="no-huge (hugepages could not be reserved: ${free:-0} free, mount '${hugedir:-none}')"
-    hugedir=""
-  fi
-fi
-if [ -z "$memory" ]; then
-  # testpmd's default mbuf pool alone is 338 MB; with --no-huge -m is all it gets.
-  mem_args=(--no-huge -m 1024)
+# ---- memory: hugepages when they can be had (as root), --no-huge otherwise (perf/lib.sh) ----
+testpmd_memory "$HUGE"
+if [ -n "$huge_fail" ]; then
+  memory="no-huge (hugepages could not be reserved: $huge_fail)"
+elif [ -z "$memory" ]; then
   if [ "$HUGE" = no ]; then memory="no-huge (--no-huge given)"; else memory="no-huge (not root, or nr_hugepages not writable)"; fi
 fi
 memory_mode=${memory%% *}
 say "memory: $memory"
 say "vhostd-fwd: ${vhostd_bin:-none} ($build_desc)"
 
-# ---- process helpers ----
-# Background commands of a non-interactive shell start with SIGINT ignored; give the processes
-# the default disposition back so that SIGINT reaches them as it would from a terminal.
-if env --default-signal=INT true 2>/dev/null; then sigdefault=(env --default-signal=INT); else sigdefault=(); fi
-nproc_started=0
-start_bg() {  # start_bg LOG CMD...: starts CMD in the background, sets $bg_pid
-  local log=$1; shift
-  "${sigdefault[@]}" "$@" </dev/null >"$log" 2>&1 &
-  bg_pid=$!
-  pids+=("$bg_pid")
-}
-stop() {  # stop PID: SIGINT, up to 10 s to exit, then SIGKILL; sets $stop_rc and $stop_killed
-  local pid=$1 i
-  stop_killed=""
-  kill -INT "$pid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; stop_killed=yes; fi
-  wait "$pid" 2>/dev/null
-  stop_rc=$?
-  local left=() p
-  for p in "${pids[@]}"; do [ "$p" = "$pid" ] || left+=("$p"); done
-  pids=("${left[@]}")
-}
-testpmd() {  # testpmd LOG EAL-ARGS... -- APP-ARGS...: one dpdk-testpmd in the background
-  local log=$1; shift
-  nproc_started=$((nproc_started + 1))
-  local prefix=${PREFIX}n$nproc_started
-  prefixes+=("$prefix")
-  start_bg "$log" dpdk-testpmd --file-prefix="$prefix" -n 1 --no-pci "${mem_args[@]}" "$@"
-}
-forget_prefixes() {  # hugepage files and runtime dirs of this run's testpmds
-  local p
-  for p in "${prefixes[@]}"; do
-    [ -n "$hugedir" ] && rm -f "$hugedir/${p}"map_*
-    rm -rf "/var/run/dpdk/$p" "${XDG_RUNTIME_DIR:-/nonexistent}/dpdk/$p" "/tmp/dpdk/$p"
-  done
-  prefixes=()
-}
-
+# ---- rates (testpmd_rate: perf/lib.sh) ----
 # Rates in Mpps, max over stats periods, summed over ports within a period.
-testpmd_rate() {  # testpmd_rate LOG Rx-pps|Tx-pps
-  awk -v k="$2:" '/Port statistics/ { if (s > m) m = s; s = 0 }
-                  $1 == k { s += $2 }
-                  END { if (s > m) m = s; printf "%.2f", m / 1e6 }' "$1"
-}
 vhostd_rate() {  # vhostd_rate LOG rx|tx      ("port N: rx X Mpps ... | tx Y Mpps ...")
   awk -v k="$2" '/^port [0-9]+: rx [0-9.]+ Mpps/ {
                    p = $2 + 0; if (n && p <= last) { if (s > m) m = s; s = 0 }
@@ -391,9 +292,6 @@ csv=$tmp/e2e.csv
 echo "ring,scenario,backend_mode,frontend_mode,headline,dpdk_mpps,vhostd_mpps,vhostd_per_dpdk,dpdk_fe_rx,dpdk_fe_tx,dpdk_be_rx,dpdk_be_tx,vhostd_fe_rx,vhostd_fe_tx,vhostd_be_rx,vhostd_be_tx,dpdk_note,vhostd_note,dpdk_fe_path,vhostd_fe_path,build_dir,buildtype,native,commit,memory,seconds,pkt_bytes,dpdk_version" >"$csv"
 rows=()
 notes=()
-better() {  # better NEW OLD: NEW is a rate and OLD is n/a or a lower rate
-  [ "$1" != n/a ] && { [ "$2" = n/a ] || awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
-}
 row() { printf '%-15s %-7s %-18s %6s %6s %6s   %-11s %-11s   %-11s %-11s\n' "$@"; }
 for ring in "${RINGS[@]}"; do
   for scen in "${SCENS[@]}"; do

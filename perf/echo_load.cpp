@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "frontend.hpp"
 #include "vhostd/base/error.hpp"
 #include "vhostd/base/fd.hpp"
@@ -56,24 +57,9 @@ struct Options {
   std::string hugepages;  // hugetlbfs directory; empty: memfd
 };
 
-[[noreturn]] void usage(const std::string& error) {
-  std::fprintf(stderr,
-               "echo-load: %s\n"
-               "usage: echo-load --socket PATH [--seconds 5] [--size 64] [--queue-size 256] [--burst 32]\n"
-               "                 [--cpu N] [--hugepages DIR]\n",
-               error.c_str());
-  std::exit(2);
-}
-
-unsigned long parse_number(const std::string& option, const std::string& value, unsigned long min,
-                           unsigned long max) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long n = std::strtoul(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno != 0) usage(option + ": '" + value + "' is not a number");
-  if (n < min || n > max) usage(option + ": " + value + " is not in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
-  return n;
-}
+constexpr perf::Cli kCli{"echo-load",
+                         "usage: echo-load --socket PATH [--seconds 5] [--size 64] [--queue-size 256] [--burst 32]\n"
+                         "                 [--cpu N] [--hugepages DIR]\n"};
 
 Options parse_options(int argc, char** argv) {
   Options o;
@@ -81,7 +67,7 @@ Options parse_options(int argc, char** argv) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) usage(arg + " needs a value");
+      if (i + 1 >= args.size()) kCli.usage(arg + " needs a value");
       return args[++i];
     };
     if (arg == "--socket") {
@@ -90,25 +76,25 @@ Options parse_options(int argc, char** argv) {
       std::string v = value();
       char* end = nullptr;
       o.seconds = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end != '\0' || !(o.seconds > 0) || o.seconds > 3600) usage("--seconds: '" + v + "' is not in (0, 3600]");
+      if (v.empty() || *end != '\0' || !(o.seconds > 0) || o.seconds > 3600) kCli.usage("--seconds: '" + v + "' is not in (0, 3600]");
     } else if (arg == "--size") {
-      o.size = static_cast<std::uint32_t>(parse_number(arg, value(), 1, 1u << 20));
+      o.size = static_cast<std::uint32_t>(kCli.number(arg, value(), 1, 1u << 20));
     } else if (arg == "--queue-size") {
-      o.queue_size = static_cast<std::uint32_t>(parse_number(arg, value(), 2, kMaxQueueSize));
-      if ((o.queue_size & (o.queue_size - 1)) != 0) usage("--queue-size must be a power of two");
+      o.queue_size = static_cast<std::uint32_t>(kCli.number(arg, value(), 2, kMaxQueueSize));
+      if ((o.queue_size & (o.queue_size - 1)) != 0) kCli.usage("--queue-size must be a power of two");
     } else if (arg == "--burst") {
-      o.burst = static_cast<std::uint32_t>(parse_number(arg, value(), 1, kMaxQueueSize));
+      o.burst = static_cast<std::uint32_t>(kCli.number(arg, value(), 1, kMaxQueueSize));
     } else if (arg == "--cpu") {
-      o.cpu = static_cast<unsigned>(parse_number(arg, value(), 0, 1u << 20));
+      o.cpu = static_cast<unsigned>(kCli.number(arg, value(), 0, 1u << 20));
     } else if (arg == "--hugepages") {
       o.hugepages = value();
     } else if (arg == "-h" || arg == "--help") {
-      usage("help");
+      kCli.usage("help");
     } else {
-      usage("unknown option " + arg);
+      kCli.usage("unknown option " + arg);
     }
   }
-  if (o.socket.empty()) usage("--socket is required");
+  if (o.socket.empty()) kCli.usage("--socket is required");
   return o;
 }
 

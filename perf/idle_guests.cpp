@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "frontend.hpp"
 #include "vhostd/base/error.hpp"
 #include "vhostd/base/fd.hpp"
@@ -37,23 +38,9 @@ struct Options {
   std::optional<unsigned> cpu;
 };
 
-[[noreturn]] void usage(const std::string& error) {
-  std::fprintf(stderr,
-               "idle-guests: %s\n"
-               "usage: idle-guests [--socket-dir DIR --count N [--first K]] [--pairs 1] [--cpu N] [SOCKET...]\n",
-               error.c_str());
-  std::exit(2);
-}
-
-unsigned long parse_number(const std::string& option, const std::string& value, unsigned long min,
-                           unsigned long max) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long n = std::strtoul(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno != 0) usage(option + ": '" + value + "' is not a number");
-  if (n < min || n > max) usage(option + ": " + value + " is not in [" + std::to_string(min) + ", " + std::to_string(max) + "]");
-  return n;
-}
+constexpr perf::Cli kCli{
+    "idle-guests",
+    "usage: idle-guests [--socket-dir DIR --count N [--first K]] [--pairs 1] [--cpu N] [SOCKET...]\n"};
 
 Options parse_options(int argc, char** argv) {
   Options o;
@@ -63,32 +50,32 @@ Options parse_options(int argc, char** argv) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) usage(arg + " needs a value");
+      if (i + 1 >= args.size()) kCli.usage(arg + " needs a value");
       return args[++i];
     };
     if (arg == "--socket-dir") {
       dir = value();
     } else if (arg == "--count") {
-      count = parse_number(arg, value(), 1, 4096);
+      count = kCli.number(arg, value(), 1, 4096);
     } else if (arg == "--first") {
-      first = parse_number(arg, value(), 0, 1u << 20);
+      first = kCli.number(arg, value(), 0, 1u << 20);
     } else if (arg == "--pairs") {
-      o.pairs = static_cast<std::uint16_t>(parse_number(arg, value(), 1, 128));
+      o.pairs = static_cast<std::uint16_t>(kCli.number(arg, value(), 1, 128));
     } else if (arg == "--cpu") {
-      o.cpu = static_cast<unsigned>(parse_number(arg, value(), 0, 1u << 20));
+      o.cpu = static_cast<unsigned>(kCli.number(arg, value(), 0, 1u << 20));
     } else if (arg == "-h" || arg == "--help") {
-      usage("help");
+      kCli.usage("help");
     } else if (!arg.empty() && arg[0] == '-') {
-      usage("unknown option " + arg);
+      kCli.usage("unknown option " + arg);
     } else {
       o.sockets.push_back(arg);
     }
   }
-  if (dir.empty() != (count == 0)) usage("--socket-dir and --count go together");
+  if (dir.empty() != (count == 0)) kCli.usage("--socket-dir and --count go together");
   std::vector<std::string> from_dir;
   for (unsigned long k = first; k < first + count; ++k) from_dir.push_back(dir + "/s" + std::to_string(k));
   o.sockets.insert(o.sockets.begin(), from_dir.begin(), from_dir.end());
-  if (o.sockets.empty()) usage("no socket given");
+  if (o.sockets.empty()) kCli.usage("no socket given");
   return o;
 }
 

@@ -35,6 +35,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh" || { echo "ports64: error: cannot read $ROOT/perf/lib.sh" >&2; exit 1; }
 RING=split
 NPORTS=64
 SECONDS_PER_RUN=8
@@ -77,38 +79,9 @@ for s in "${list[@]}"; do
 done
 command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found (Debian: apt-get install dpdk)"
 
-# ---- clean-up of everything this script starts or changes, whatever happens ----
+# ---- clean-up of everything this script starts or changes, whatever happens (perf/lib.sh) ----
 PREFIX=p64$$
-tmp=""
-pids=()
-hugedir=""
-old_nr_hugepages=""
-set_nr_hugepages=""
-mounted_hugetlbfs=""
-created_hugepages_dir=""
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do
-    kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  done
-  [ -n "$tmp" ] && [ -z "$LOGS" ] && rm -rf "$tmp"
-  [ -n "$hugedir" ] && rm -f "$hugedir/$PREFIX"n*map_*
-  rm -rf /var/run/dpdk/"$PREFIX"n* "${XDG_RUNTIME_DIR:-/nonexistent}"/dpdk/"$PREFIX"n* /tmp/dpdk/"$PREFIX"n*
-  [ -n "$mounted_hugetlbfs" ] && { umount "$mounted_hugetlbfs" 2>/dev/null || true; }
-  [ -n "$created_hugepages_dir" ] && { rmdir /dev/hugepages 2>/dev/null || true; }
-  if [ -n "$old_nr_hugepages" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" = "$set_nr_hugepages" ]; then
-    echo "$old_nr_hugepages" 2>/dev/null >/proc/sys/vm/nr_hugepages || true
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -n "$LOGS" ]; then
-  mkdir -p "$LOGS" || die "cannot create $LOGS"
-  tmp=$(cd "$LOGS" && pwd)
-else
-  tmp=$(mktemp -d /tmp/vhostd-ports64.XXXXXX)
-fi
+start_session ports64
 
 # ---- build ----
 build_log=$tmp/build.log
@@ -126,67 +99,12 @@ buildtype=$(meson introspect "$BUILD" --buildoptions 2>/dev/null |
 commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 dpdk_version=$(dpkg-query -W -f='${Version}' dpdk 2>/dev/null || echo unknown)
 
-# ---- memory for testpmd (as perf/e2e.sh) ----
-memory=""
-if [ "$HUGE" = auto ] && [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
-  page_kb=$(awk '/^Hugepagesize:/ {print $2}' /proc/meminfo)
-  want=$((2 * 1024 * 1024 / ${page_kb:-2048}))
-  free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-  if [ "${free:-0}" -lt "$want" ]; then
-    old_nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)
-    set_nr_hugepages=$((old_nr_hugepages + want - ${free:-0}))
-    echo "$set_nr_hugepages" 2>/dev/null >/proc/sys/vm/nr_hugepages
-    set_nr_hugepages=$(cat /proc/sys/vm/nr_hugepages)
-  fi
-  hugedir=$(awk -v kb="$page_kb" '$3 == "hugetlbfs" &&
-              ($4 !~ /pagesize=/ || $4 ~ ("pagesize=" kb "k") || $4 ~ ("pagesize=" kb/1024 "M")) {print $2; exit}' /proc/mounts)
-  if [ -z "$hugedir" ] && grep -qw hugetlbfs /proc/filesystems; then
-    [ -e /dev/hugepages ] || { mkdir /dev/hugepages 2>/dev/null && created_hugepages_dir=yes; }
-    if mount -t hugetlbfs nodev /dev/hugepages 2>/dev/null; then
-      mounted_hugetlbfs=/dev/hugepages
-      hugedir=/dev/hugepages
-    fi
-  fi
-  free=$(awk '/^HugePages_Free:/ {print $2}' /proc/meminfo)
-  if [ -n "$hugedir" ] && [ "${free:-0}" -ge $((want / 2)) ]; then
-    memory="hugepages ($free free ${page_kb} kB pages, hugetlbfs $hugedir)"
-    mem_args=(-m 256 --huge-dir "$hugedir")
-  else
-    memory="no-huge (hugepages could not be reserved)"
-    hugedir=""
-  fi
-fi
-if [ -z "$memory" ]; then
-  mem_args=(--no-huge -m 1024)
-  memory="no-huge"
-fi
+# ---- memory for testpmd (perf/lib.sh) ----
+testpmd_memory "$HUGE"
+if [ -n "$huge_fail" ]; then memory="no-huge (hugepages could not be reserved)"; elif [ -z "$memory" ]; then memory="no-huge"; fi
 say "memory: $memory"
 
-# ---- process helpers (as perf/e2e.sh) ----
-if env --default-signal=INT true 2>/dev/null; then sigdefault=(env --default-signal=INT); else sigdefault=(); fi
-nproc_started=0
-start_bg() {
-  local log=$1; shift
-  "${sigdefault[@]}" "$@" </dev/null >"$log" 2>&1 &
-  bg_pid=$!
-  pids+=("$bg_pid")
-}
-stop() {  # stop PID: SIGINT, up to 10 s, then SIGKILL; sets $stop_rc
-  local pid=$1 i
-  kill -INT "$pid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  stop_rc=$?
-  local left=() p
-  for p in "${pids[@]}"; do [ "$p" = "$pid" ] || left+=("$p"); done
-  pids=("${left[@]}")
-}
-testpmd_rate() {  # testpmd_rate LOG Rx-pps|Tx-pps: Mpps, max over stats periods
-  awk -v k="$2:" '/Port statistics/ { if (s > m) m = s; s = 0 }
-                  $1 == k { s += $2 }
-                  END { if (s > m) m = s; printf "%.2f", m / 1e6 }' "$1"
-}
+# ---- process helpers (start_bg, stop, testpmd, forget_prefixes, testpmd_rate: perf/lib.sh) ----
 port0_rate() {  # port0_rate LOG rx|tx: vhostd-fwd's port 0, Mpps, max over stats periods
   awk -v k="$1" '$1 == "port" && $2 == "0:" { for (i = 3; i < NF; i++) if ($i == k) { if ($(i + 1) > m) m = $(i + 1); break } }
                  END { printf "%.2f", m }' "$2"
@@ -227,9 +145,8 @@ run_one() {
       stop "$idle_pid"; stop "$be_pid"; return
     fi
   fi
-  local prefix=${PREFIX}n$((++nproc_started))
-  start_bg "$dir/testpmd.log" dpdk-testpmd --file-prefix="$prefix" -n 1 --no-pci "${mem_args[@]}" \
-    --lcores '0@1,1@0' --single-file-segments --vdev "net_virtio_user0,path=$dir/s0,queues=1$vu_extra" \
+  testpmd "$dir/testpmd.log" --lcores '0@1,1@0' --single-file-segments \
+    --vdev "net_virtio_user0,path=$dir/s0,queues=1$vu_extra" \
     -- --nb-cores=1 --forward-mode="$fe_mode" --txpkts="$PKT_BYTES" "${txfirst[@]}" --stats-period "$STATS_PERIOD"
   local fe_pid=$bg_pid
   if wait_for "$fe_pid" "$dir/testpmd.log" 'Port statistics'; then
@@ -238,8 +155,7 @@ run_one() {
     note="testpmd did not start forwarding"; tail -n 5 "$dir/testpmd.log" >&2
   fi
   stop "$fe_pid"
-  [ -n "$hugedir" ] && rm -f "$hugedir/${prefix}"map_*
-  rm -rf "/var/run/dpdk/$prefix" "${XDG_RUNTIME_DIR:-/nonexistent}/dpdk/$prefix" "/tmp/dpdk/$prefix"
+  forget_prefixes
   if [ -n "$idle_pid" ]; then
     stop "$idle_pid"
     [ "$stop_rc" -eq 0 ] || note="${note:+$note; }idle-guests exit status $stop_rc (a guest lost its connection?)"
@@ -254,7 +170,6 @@ run_one() {
   return 0
 }
 
-better() { [ "$1" != n/a ] && { [ "$2" = n/a ] || awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }; }
 rows=()
 for scen in "${SCENS[@]}"; do
   one=n/a; many=n/a
