@@ -52,10 +52,10 @@ start_session() {  # start_session NAME: cleanup on exit; $tmp = LOGS (created) 
 # (cleanup puts both back). Sets:
 #   memory     "hugepages (...)" when testpmd gets them (mem_args -m 256 --huge-dir, hugedir set);
 #              empty otherwise
-#   huge_fail  when the reservation was tried and failed, "N free, mount 'DIR'" (hugedir empty,
-#              mem_args left as they were); empty otherwise
-# and, when neither (not tried), mem_args --no-huge -m 1024 (testpmd's default mbuf pool alone
-# is 338 MB; with --no-huge -m is all it gets).
+#   huge_fail  when the reservation was tried and failed, "N free, mount 'DIR'" (hugedir
+#              empty); empty otherwise
+# and, unless testpmd gets hugepages (not tried, or failed), mem_args --no-huge -m 1024
+# (testpmd's default mbuf pool alone is 338 MB; with --no-huge -m is all it gets).
 testpmd_memory() {
   local page_kb want free
   memory=""
@@ -88,7 +88,7 @@ testpmd_memory() {
       hugedir=""
     fi
   fi
-  [ -z "$memory" ] && [ -z "$huge_fail" ] && mem_args=(--no-huge -m 1024)
+  [ -z "$memory" ] && mem_args=(--no-huge -m 1024)
   return 0
 }
 
