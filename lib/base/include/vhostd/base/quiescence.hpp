@@ -60,14 +60,11 @@ class QsbrDomain {
   std::vector<std::unique_ptr<QsbrReader>> readers_;
 };
 
-inline void QsbrReader::quiescent(const QsbrDomain& domain) noexcept {
-  // Release: every access to the previous snapshot is ordered before the writer sees this.
-  seen_epoch.store(domain.epoch(), std::memory_order_release);
-}
 inline void QsbrReader::quiescent_at(std::uint64_t epoch) noexcept {
-  // Release: as quiescent().
+  // Release: every access to the previous snapshot is ordered before the writer sees this.
   seen_epoch.store(epoch, std::memory_order_release);
 }
+inline void QsbrReader::quiescent(const QsbrDomain& domain) noexcept { quiescent_at(domain.epoch()); }
 inline void QsbrReader::offline() noexcept {
   seen_epoch.store(0, std::memory_order_release);
 }
