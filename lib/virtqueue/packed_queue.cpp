@@ -255,6 +255,24 @@ std::uint16_t PackedQueue::poll_cached() noexcept {
   return static_cast<std::uint16_t>(avail_counted_);
 }
 
+void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return;
+  std::uint32_t pos = avail_pos_;
+  std::uint32_t hint = desc_hint_;
+  for (std::uint32_t i = 0; i < std::min<std::uint32_t>(n, size_); ++i) {
+    PackedDesc& slot = desc_[slot_of(pos)];
+    // Acquire, as in pop(): the fields read below were written before these flags.
+    const std::uint16_t flags = flags_of(slot).load(std::memory_order_acquire);
+    if (!packed_desc_available(flags, wrap_of(pos)) || (flags & (kVringDescFNext | kVringDescFIndirect)) != 0) return;
+    const PackedDesc d = read_desc(&slot, flags);
+    if (d.len == 0) return;
+    const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
+    if (host == nullptr) return;
+    prefetch_bytes_for_write(host, std::min(bytes, d.len));
+    pos = advance(pos, 1);
+  }
+}
+
 bool PackedQueue::pop(DescriptorChain& chain) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
 

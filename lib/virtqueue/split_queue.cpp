@@ -274,6 +274,23 @@ std::uint16_t SplitQueue::poll_cached() noexcept {
   return static_cast<std::uint16_t>(avail_idx_cache_ - last_avail_idx_);
 }
 
+void SplitQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return;
+  const auto available = static_cast<std::uint16_t>(avail_idx_cache_ - last_avail_idx_);
+  std::uint32_t hint = desc_hint_;
+  for (std::uint16_t i = 0; i < std::min(n, available); ++i) {
+    // Relaxed: ordered after the avail idx by poll()'s acquire, as in pop().
+    const std::uint16_t head = std::atomic_ref<std::uint16_t>(
+        avail_[2 + (static_cast<std::uint16_t>(last_avail_idx_ + i) & (size_ - 1))]).load(std::memory_order_relaxed);
+    if (head >= size_) return;
+    const VringDesc d = read_desc(&desc_[head]);
+    if ((d.flags & (kVringDescFNext | kVringDescFIndirect)) != 0 || d.len == 0) return;
+    const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
+    if (host == nullptr) return;
+    prefetch_bytes_for_write(host, std::min(bytes, d.len));
+  }
+}
+
 bool SplitQueue::pop(DescriptorChain& chain) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
   if (last_avail_idx_ == avail_idx_cache_) return false;

@@ -1,11 +1,16 @@
 // Shared setup for the packed virtqueue unit tests: real guest memory (memfd regions mapped
-// through GuestMemory), a PackedDriverRing playing the guest, and a PackedQueue attached to it.
+// through GuestMemory), a PackedDriverRing playing the guest, and a PackedQueue attached to it;
+// and BothLayouts, for typed tests over this harness and the split one.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "packed_driver_ring.hpp"
 #include "ring_harness.hpp"
@@ -56,6 +61,15 @@ struct PackedHarness {
   std::unique_ptr<TestGuestMemory> guest;
   std::unique_ptr<PackedDriverRing> ring;
   PackedQueue queue;
+};
+
+// Typed tests over both ring layouts: TYPED_TEST_SUITE(Suite, BothLayouts, LayoutName).
+using BothLayouts = ::testing::Types<RingHarness, PackedHarness>;
+struct LayoutName {
+  template <typename T>
+  static std::string GetName(int) {
+    return std::is_same_v<T, PackedHarness> ? "packed" : "split";
+  }
 };
 
 }  // namespace vhostd::test

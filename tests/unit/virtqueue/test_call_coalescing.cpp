@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <thread>
-#include <type_traits>
 
 #include "packed_harness.hpp"
 #include "vhostd/base/fd.hpp"
@@ -112,14 +111,7 @@ class CallCoalescingTest : public ::testing::Test {
   CoalescedRing<Harness> r_;
 };
 
-using Layouts = ::testing::Types<RingHarness, PackedHarness>;
-struct LayoutName {
-  template <typename T>
-  static std::string GetName(int) {
-    return std::is_same_v<T, PackedHarness> ? "packed" : "split";
-  }
-};
-TYPED_TEST_SUITE(CallCoalescingTest, Layouts, LayoutName);
+TYPED_TEST_SUITE(CallCoalescingTest, BothLayouts, LayoutName);
 
 TYPED_TEST(CallCoalescingTest, OffByDefaultEveryDueCallIsMadeAtOnce) {
   auto& r = this->r_;
