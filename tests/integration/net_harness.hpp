@@ -295,6 +295,12 @@ class NetGuest {
     posted_[r][head] = Posted{slot, std::move(bufs)};
     return head;
   }
+  // Overwrites the start of a posted RX chain's first buffer with `header` (header_len() bytes
+  // of it), as a recycled buffer would hold it: what the device finds there before it writes.
+  void prefill_rx_header(std::uint16_t head, const VirtioNetHeader& header, std::uint16_t pair = 0) {
+    const DriverBuffer& first = posted_[rx(pair)].at(head).bufs.at(0);
+    std::memcpy(frontend_.memory().host(first.gpa, header_len()), &header, header_len());
+  }
   // Posts `count` RX buffers of `len` bytes (one descriptor each).
   void post_rx(std::size_t count, std::uint32_t len = 2048, std::uint16_t pair = 0) {
     for (std::size_t i = 0; i < count; ++i) post_rx_chain({len}, pair);
