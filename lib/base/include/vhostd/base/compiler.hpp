@@ -49,21 +49,26 @@ inline const bool kCpuHasPrefetchw = [] {
 // first, the transfers overlap instead of being paid one after another.
 inline constexpr std::size_t kPrefetchMaxLines = 3;
 
-inline void prefetch_bytes(const void* p, std::size_t len) noexcept {
+namespace detail {
+// Calls prefetch(line) for each cache line of [p, p + len), at most kPrefetchMaxLines of them.
+template <typename Prefetch>
+inline void for_each_prefetch_line(const void* p, std::size_t len, Prefetch prefetch) noexcept {
   const auto first = reinterpret_cast<std::uintptr_t>(p) & ~(kCacheLine - 1);
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + len;
   for (std::size_t i = 0; i < kPrefetchMaxLines && first + i * kCacheLine < end; ++i) {
-    __builtin_prefetch(reinterpret_cast<const void*>(first + i * kCacheLine), 0, 3);
+    prefetch(reinterpret_cast<const char*>(first + i * kCacheLine));
   }
+}
+}  // namespace detail
+
+inline void prefetch_bytes(const void* p, std::size_t len) noexcept {
+  detail::for_each_prefetch_line(p, len, [](const char* line) { __builtin_prefetch(line, 0, 3); });
 }
 
 // For writing: the line arrives owned (PREFETCHW), so the store that follows does not wait for
 // the other core to give it up. Without PREFETCHW, a read prefetch (half the wait).
 inline void prefetch_bytes_for_write(const void* p, std::size_t len) noexcept {
-  const auto first = reinterpret_cast<std::uintptr_t>(p) & ~(kCacheLine - 1);
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + len;
-  for (std::size_t i = 0; i < kPrefetchMaxLines && first + i * kCacheLine < end; ++i) {
-    const auto* line = reinterpret_cast<const char*>(first + i * kCacheLine);
+  detail::for_each_prefetch_line(p, len, [](const char* line) {
 #if defined(__PRFCHW__)
     __builtin_prefetch(line, 1, 3);
 #elif defined(__x86_64__) || defined(__i386__)
@@ -75,7 +80,7 @@ inline void prefetch_bytes_for_write(const void* p, std::size_t len) noexcept {
 #else
     __builtin_prefetch(line, 1, 3);
 #endif
-  }
+  });
 }
 
 // Adds n to a counter that only the calling thread writes: a relaxed load and store, no locked
