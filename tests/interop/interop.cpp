@@ -288,7 +288,7 @@ std::string Testpmd::binary() {
 }
 
 Testpmd::Testpmd(const TempDir& dir, const std::string& name, TestpmdConfig config)
-    : config_(std::move(config)) {
+    : config_(std::move(config)), file_prefix_(unique_file_prefix()) {
   const std::string bin = binary();
   if (bin.empty()) throw InteropError("dpdk-testpmd is not installed");
   std::vector<std::string> argv;
@@ -296,7 +296,7 @@ Testpmd::Testpmd(const TempDir& dir, const std::string& name, TestpmdConfig conf
   const int other_cpu = config_.fwd_cpu == 0 ? 1 : 0;
   argv.insert(argv.end(), {bin, "--lcores",
                            "0@" + std::to_string(other_cpu) + ",1@" + std::to_string(config_.fwd_cpu),
-                           "-n", "1", "--file-prefix=" + unique_file_prefix(), "--no-pci"});
+                           "-n", "1", "--file-prefix=" + file_prefix_, "--no-pci"});
   const auto& memory = dpdk_memory();
   argv.insert(argv.end(), memory.eal_args.begin(), memory.eal_args.end());
   int queues = 1;
@@ -320,6 +320,16 @@ Testpmd::Testpmd(const TempDir& dir, const std::string& name, TestpmdConfig conf
   argv.insert(argv.end(), config_.extra_args.begin(), config_.extra_args.end());
   process_ = std::make_unique<Process>(
       Process::Options{std::move(argv), dir / (name + ".log"), /*stdin_pipe=*/true});
+}
+
+Testpmd::~Testpmd() {
+  process_.reset();  // killed and reaped if it still runs
+  // EAL's runtime directory: /var/run/dpdk as root, else $XDG_RUNTIME_DIR/dpdk (or /tmp/dpdk).
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  const std::filesystem::path base =
+      ::getuid() == 0 ? "/var/run/dpdk" : std::filesystem::path(xdg != nullptr ? xdg : "/tmp") / "dpdk";
+  std::error_code ignored;
+  std::filesystem::remove_all(base / file_prefix_, ignored);
 }
 
 void Testpmd::wait_ready(std::chrono::milliseconds timeout) {

@@ -109,7 +109,9 @@ class Testpmd {
   static std::string binary();
 
   Testpmd(const TempDir& dir, const std::string& name, TestpmdConfig config);
-  ~Testpmd() = default;
+  // Ends the process if it still runs and removes the runtime directory EAL made for its file
+  // prefix (/var/run/dpdk/PREFIX as root), which EAL leaves behind even with --in-memory.
+  ~Testpmd();
 
   // Waits for the first prompt; throws when testpmd failed to start a port.
   void wait_ready(std::chrono::milliseconds timeout = 60s);
@@ -128,6 +130,7 @@ class Testpmd {
 
  private:
   TestpmdConfig config_;
+  std::string file_prefix_;
   std::unique_ptr<Process> process_;
 };
 
