@@ -566,6 +566,12 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
   // Used elements of the packet being copied: pushed only once all of it fits.
   UsedBuffer used[kMergeable ? kMaxMergedBuffers : 1];
   std::uint64_t delivered = 0, bytes = 0, dropped = 0;
+  // A packet's used elements are all pushed: count it, and publish every kPublishEvery packets.
+  auto delivered_one = [&](std::uint32_t len) noexcept {
+    ++delivered;
+    bytes += len;
+    if ((delivered & (kPublishEvery - 1)) == 0) queue.flush_used();
+  };
   std::uint16_t i = 0;
 
   for (; i < n; ++i) {
@@ -609,9 +615,7 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
                   packet.len - kEthHeaderLen);
       table->mark_dirty(dst_segment.gpa, total);
       queue.push_used(first.head, total);
-      ++delivered;
-      bytes += packet.len;
-      if ((delivered & (kPublishEvery - 1)) == 0) queue.flush_used();
+      delivered_one(packet.len);
       continue;
     }
 
@@ -681,9 +685,7 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
     WriteCursor head{dst_first, dst_first + first.num_writable, 0, table};
     head.write(reinterpret_cast<const std::uint8_t*>(&header), header_len);
     for (std::uint16_t k = 0; k < buffers; ++k) queue.push_used(used[k].head, used[k].len);
-    ++delivered;
-    bytes += packet.len;
-    if ((delivered & (kPublishEvery - 1)) == 0) queue.flush_used();
+    delivered_one(packet.len);
   }
   add_single_writer(stats.packets, delivered);
   add_single_writer(stats.bytes, bytes);
