@@ -517,9 +517,10 @@ std::uint16_t NetPort::transmit_into(Queue& queue, std::uint16_t pair, Packet* c
     inject_announcement(queue, pair, header_len, features, mergeable);
   }
   // The receiving guest's buffers are lines its core touched last: have them all on their way
-  // before the first copy (see prefetch_bytes_for_write).
+  // before the first copy. The header is only compared (write_unless_equal): its line is asked
+  // for reading, so where it holds nothing else it stays in the guest's cache.
   if (VHOSTD_LIKELY(n != 0)) {
-    queue.prefetch_buffers(n, header_len + std::min<std::uint32_t>(packets[0]->len, kPacketPrefetchBytes));
+    queue.prefetch_buffers(n, header_len, std::min<std::uint32_t>(packets[0]->len, kPacketPrefetchBytes));
   }
   const std::uint16_t done = mergeable ? transmit_burst<true>(queue, pair, packets, n, header_len, features)
                                        : transmit_burst<false>(queue, pair, packets, n, header_len, features);

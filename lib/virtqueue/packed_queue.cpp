@@ -255,7 +255,7 @@ std::uint16_t PackedQueue::poll_cached() noexcept {
   return static_cast<std::uint16_t>(avail_counted_);
 }
 
-void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const noexcept {
+void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, std::uint32_t write_bytes) const noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return;
   std::uint32_t pos = avail_pos_;
   std::uint32_t hint = desc_hint_;
@@ -268,7 +268,8 @@ void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const n
     if (d.len == 0) return;
     const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
     if (host == nullptr) return;
-    prefetch_bytes_for_write(host, std::min(bytes, d.len));
+    const std::uint32_t read = std::min(read_bytes, d.len);
+    prefetch_bytes_read_then_write(host, read, std::min(write_bytes, d.len - read));
     pos = advance(pos, 1);
   }
 }

@@ -274,7 +274,7 @@ std::uint16_t SplitQueue::poll_cached() noexcept {
   return static_cast<std::uint16_t>(avail_idx_cache_ - last_avail_idx_);
 }
 
-void SplitQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const noexcept {
+void SplitQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, std::uint32_t write_bytes) const noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return;
   const auto available = static_cast<std::uint16_t>(avail_idx_cache_ - last_avail_idx_);
   std::uint32_t hint = desc_hint_;
@@ -287,7 +287,8 @@ void SplitQueue::prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const no
     if ((d.flags & (kVringDescFNext | kVringDescFIndirect)) != 0 || d.len == 0) return;
     const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
     if (host == nullptr) return;
-    prefetch_bytes_for_write(host, std::min(bytes, d.len));
+    const std::uint32_t read = std::min(read_bytes, d.len);
+    prefetch_bytes_read_then_write(host, read, std::min(write_bytes, d.len - read));
   }
 }
 

@@ -1,4 +1,5 @@
-// Unit tests for lib/base: QSBR reclamation, eventfd helpers, UniqueFd and count_open_fds.
+// Unit tests for lib/base: QSBR reclamation, eventfd helpers, UniqueFd and count_open_fds, the
+// prefetch line plan.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -11,7 +12,10 @@
 #include <future>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "vhostd/base/compiler.hpp"
 #include "vhostd/base/error.hpp"
 #include "vhostd/base/fd.hpp"
 #include "vhostd/base/quiescence.hpp"
@@ -232,6 +236,45 @@ TEST(Error, ThrowErrnoAppendsStrerror) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()), std::string("close fd 7: ") + std::strerror(EBADF));
   }
+}
+
+// Which lines a buffer prefetch asks for, and how: (offset of the line from the buffer's line,
+// for writing).
+std::vector<std::pair<std::uintptr_t, bool>> prefetch_plan(std::uintptr_t start, std::size_t read_len,
+                                                           std::size_t write_len) {
+  std::vector<std::pair<std::uintptr_t, bool>> plan;
+  const std::uintptr_t base = start & ~(kCacheLine - 1);
+  detail::for_each_prefetch_line(reinterpret_cast<const void*>(start), read_len, write_len,
+                                 [&](const char* line, bool for_write) {
+                                   plan.emplace_back(reinterpret_cast<std::uintptr_t>(line) - base, for_write);
+                                 });
+  return plan;
+}
+
+using Plan = std::vector<std::pair<std::uintptr_t, bool>>;
+
+TEST(Prefetch, AHeaderAloneOnItsLineIsAskedForReading) {
+  // DPDK's virtio PMD: a 12-byte header in the last bytes of a line, the frame from the next.
+  EXPECT_EQ(prefetch_plan(0x10000 + 116, 12, 64), (Plan{{0, false}, {64, true}}));
+}
+
+TEST(Prefetch, ALineHoldingWrittenBytesIsAskedForWriting) {
+  // Linux: header and frame share the first line.
+  EXPECT_EQ(prefetch_plan(0x10000, 12, 64), (Plan{{0, true}, {64, true}}));
+  // A frame starting on a line of its own, the header just before it.
+  EXPECT_EQ(prefetch_plan(0x10000 + 52, 12, 64), (Plan{{0, false}, {64, true}}));
+}
+
+TEST(Prefetch, NothingWrittenMeansEveryLineForReading) {
+  EXPECT_EQ(prefetch_plan(0x10000 + 60, 80, 0), (Plan{{0, false}, {64, false}, {128, false}}));
+  EXPECT_EQ(prefetch_plan(0x10000, 0, 0), Plan{});
+}
+
+TEST(Prefetch, AtMostTheLineLimit) {
+  EXPECT_EQ(prefetch_plan(0x10000, 12, 4096).size(), kPrefetchMaxLines);
+  // The hints themselves take any address: nothing is read.
+  prefetch_bytes(nullptr, 256);
+  prefetch_bytes_read_then_write(nullptr, 12, 256);
 }
 
 }  // namespace

@@ -17,12 +17,12 @@ TYPED_TEST_SUITE(PrefetchBuffersTest, BothLayouts, LayoutName);
 
 TYPED_TEST(PrefetchBuffersTest, ConsumesNothing) {
   auto& h = this->h_;
-  h.queue.prefetch_buffers(8, 128);  // not translated yet: nothing to read, nothing happens
+  h.queue.prefetch_buffers(8, 12, 128);  // not translated yet: nothing to read, nothing happens
   const std::uint32_t lens[] = {100, 200, 300};
   for (std::uint32_t len : lens) h.ring->add_chain({DriverBuffer{h.buffer(len), len, true}});
   ASSERT_EQ(h.queue.poll(), 3);
-  h.queue.prefetch_buffers(8, 128);
-  h.queue.prefetch_buffers(2, 4096);
+  h.queue.prefetch_buffers(8, 12, 128);
+  h.queue.prefetch_buffers(2, 12, 4096);
   EXPECT_EQ(h.queue.stats().requests.load(), 0u);
   EXPECT_EQ(h.queue.poll_cached(), 3);
   DescriptorChain chain;
@@ -40,7 +40,7 @@ TYPED_TEST(PrefetchBuffersTest, LeavesHostileBuffersForPopToJudge) {
   h.ring->add_chain({DriverBuffer{kMiB - 8, 64, true}});  // runs 56 bytes past guest memory
   h.ring->add_chain({DriverBuffer{h.buffer(64), 64, true}});
   ASSERT_EQ(h.queue.poll(), 3);
-  h.queue.prefetch_buffers(8, 128);
+  h.queue.prefetch_buffers(8, 12, 128);
   EXPECT_FALSE(h.queue.in_error()) << "the hint judged the ring";
   DescriptorChain chain;
   ASSERT_TRUE(h.queue.pop(chain));
@@ -54,7 +54,7 @@ TYPED_TEST(PrefetchBuffersTest, AChainEndsTheLookAheadAndPopsAsBefore) {
   h.ring->add_chain({DriverBuffer{h.buffer(16), 16, false}, DriverBuffer{h.buffer(32), 32, true}});
   h.ring->add_chain({DriverBuffer{h.buffer(48), 48, true}});
   ASSERT_EQ(h.queue.poll(), 2);
-  h.queue.prefetch_buffers(8, 128);
+  h.queue.prefetch_buffers(8, 12, 128);
   DescriptorChain chain;
   ASSERT_TRUE(h.queue.pop(chain));
   EXPECT_EQ(chain.readable_bytes, 16u);

@@ -50,36 +50,57 @@ inline const bool kCpuHasPrefetchw = [] {
 inline constexpr std::size_t kPrefetchMaxLines = 3;
 
 namespace detail {
-// Calls prefetch(line) for each cache line of [p, p + len), at most kPrefetchMaxLines of them.
+// Calls prefetch(line, for_write) for each cache line of [p, p + read_len + write_len), at most
+// kPrefetchMaxLines of them; for_write is true for a line holding any of the last write_len
+// bytes, false for a line holding only the first read_len.
 template <typename Prefetch>
-inline void for_each_prefetch_line(const void* p, std::size_t len, Prefetch prefetch) noexcept {
-  const auto first = reinterpret_cast<std::uintptr_t>(p) & ~(kCacheLine - 1);
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + len;
+inline void for_each_prefetch_line(const void* p, std::size_t read_len, std::size_t write_len,
+                                   Prefetch prefetch) noexcept {
+  const auto start = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = start & ~(kCacheLine - 1);
+  const std::uintptr_t end = start + read_len + write_len;
+  const std::uintptr_t first_written = write_len == 0 ? end : (start + read_len) & ~(kCacheLine - 1);
   for (std::size_t i = 0; i < kPrefetchMaxLines && first + i * kCacheLine < end; ++i) {
-    prefetch(reinterpret_cast<const char*>(first + i * kCacheLine));
+    const std::uintptr_t line = first + i * kCacheLine;
+    prefetch(reinterpret_cast<const char*>(line), line >= first_written);
   }
-}
-}  // namespace detail
-
-inline void prefetch_bytes(const void* p, std::size_t len) noexcept {
-  detail::for_each_prefetch_line(p, len, [](const char* line) { __builtin_prefetch(line, 0, 3); });
 }
 
 // For writing: the line arrives owned (PREFETCHW), so the store that follows does not wait for
 // the other core to give it up. Without PREFETCHW, a read prefetch (half the wait).
-inline void prefetch_bytes_for_write(const void* p, std::size_t len) noexcept {
-  detail::for_each_prefetch_line(p, len, [](const char* line) {
+inline void prefetch_line_for_write(const char* line) noexcept {
 #if defined(__PRFCHW__)
-    __builtin_prefetch(line, 1, 3);
+  __builtin_prefetch(line, 1, 3);
 #elif defined(__x86_64__) || defined(__i386__)
-    if (VHOSTD_LIKELY(kCpuHasPrefetchw)) {
-      asm volatile("prefetchw %0" : : "m"(*line));  // only names the address: nothing is read
-    } else {
-      __builtin_prefetch(line, 1, 3);
-    }
-#else
+  if (VHOSTD_LIKELY(kCpuHasPrefetchw)) {
+    asm volatile("prefetchw %0" : : "m"(*line));  // only names the address: nothing is read
+  } else {
     __builtin_prefetch(line, 1, 3);
+  }
+#else
+  __builtin_prefetch(line, 1, 3);
 #endif
+}
+}  // namespace detail
+
+// For reading.
+inline void prefetch_bytes(const void* p, std::size_t len) noexcept {
+  detail::for_each_prefetch_line(p, len, 0, [](const char* line, bool) { __builtin_prefetch(line, 0, 3); });
+}
+
+// A buffer whose first read_len bytes are only compared (and written where they differ: the
+// virtio-net header of a recycled RX buffer, see write_unless_equal in drivers/net) and whose
+// next write_len bytes are written: lines holding written bytes are prefetched for writing,
+// lines holding only compared bytes for reading. Taking a compared line for writing would take
+// it out of the guest's cache although nothing changes there, and the guest's next read of it
+// would miss.
+inline void prefetch_bytes_read_then_write(const void* p, std::size_t read_len, std::size_t write_len) noexcept {
+  detail::for_each_prefetch_line(p, read_len, write_len, [](const char* line, bool for_write) {
+    if (for_write) {
+      detail::prefetch_line_for_write(line);
+    } else {
+      __builtin_prefetch(line, 0, 3);
+    }
   });
 }
 

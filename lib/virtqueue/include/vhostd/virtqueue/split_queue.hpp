@@ -253,11 +253,13 @@ class SplitQueue {
   // Pops the next available chain into `chain`. False when none is available or the chain is
   // hostile (then in_error() is true, the counter is bumped, nothing was consumed).
   bool pop(DescriptorChain& chain) noexcept;
-  // A hint before writing into the next buffers (a net RX burst): prefetches for writing the
-  // first `bytes` bytes (prefetch_bytes_for_write) of each of the next `n` available chains,
-  // as long as they are single direct descriptors. Reads the ring as pop() would, consumes
-  // nothing and judges nothing: it stops at anything else, and pop() checks every descriptor.
-  void prefetch_buffers(std::uint16_t n, std::uint32_t bytes) const noexcept;
+  // A hint before writing into the next buffers (a net RX burst): for each of the next `n`
+  // available chains, as long as they are single direct descriptors, prefetches the first
+  // `read_bytes` bytes for reading (a header the device compares before writing) and the next
+  // `write_bytes` for writing (prefetch_bytes_read_then_write). Reads the ring as pop() would,
+  // consumes nothing and judges nothing: it stops at anything else, and pop() checks every
+  // descriptor.
+  void prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, std::uint32_t write_bytes) const noexcept;
   // Gives back the last `n` chains popped in this batch (not yet pushed as used): the next
   // pop() returns them again. For a device that pops ahead and then finds it cannot use them
   // (a net RX packet that needs more buffers than the guest has posted).
