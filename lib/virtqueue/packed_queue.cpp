@@ -265,11 +265,7 @@ void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, st
     const std::uint16_t flags = flags_of(slot).load(std::memory_order_acquire);
     if (!packed_desc_available(flags, wrap_of(pos)) || (flags & (kVringDescFNext | kVringDescFIndirect)) != 0) return;
     const PackedDesc d = read_desc(&slot, flags);
-    if (d.len == 0) return;
-    const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
-    if (host == nullptr) return;
-    const std::uint32_t read = std::min(read_bytes, d.len);
-    prefetch_bytes_read_then_write(host, read, std::min(write_bytes, d.len - read));
+    if (!prefetch_descriptor_buffer(*table_, d.addr, d.len, read_bytes, write_bytes, hint)) return;
     pos = advance(pos, 1);
   }
 }

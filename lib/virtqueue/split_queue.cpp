@@ -284,11 +284,8 @@ void SplitQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, std
         avail_[2 + (static_cast<std::uint16_t>(last_avail_idx_ + i) & (size_ - 1))]).load(std::memory_order_relaxed);
     if (head >= size_) return;
     const VringDesc d = read_desc(&desc_[head]);
-    if ((d.flags & (kVringDescFNext | kVringDescFIndirect)) != 0 || d.len == 0) return;
-    const std::uint8_t* host = table_->translate_gpa(d.addr, d.len, hint);
-    if (host == nullptr) return;
-    const std::uint32_t read = std::min(read_bytes, d.len);
-    prefetch_bytes_read_then_write(host, read, std::min(write_bytes, d.len - read));
+    if ((d.flags & (kVringDescFNext | kVringDescFIndirect)) != 0) return;
+    if (!prefetch_descriptor_buffer(*table_, d.addr, d.len, read_bytes, write_bytes, hint)) return;
   }
 }
 

@@ -43,7 +43,7 @@ inline const bool kCpuHasPrefetchw = [] {
 #endif
 
 // Prefetches of the start of a guest buffer before the data path reads or writes it: the cache
-// lines of [p, p + len), at most kPrefetchMaxLines of them (a packet's headers; a small packet
+// lines of its first bytes, at most kPrefetchMaxLines of them (a packet's headers; a small packet
 // whole). Hints only: p need not be mapped, nothing is read. The lines are usually in the other
 // core's cache (the guest's), so each miss is a cross-core transfer; issued for a whole burst
 // first, the transfers overlap instead of being paid one after another.
@@ -83,11 +83,6 @@ inline void prefetch_line_for_write(const char* line) noexcept {
 }
 }  // namespace detail
 
-// For reading.
-inline void prefetch_bytes(const void* p, std::size_t len) noexcept {
-  detail::for_each_prefetch_line(p, len, 0, [](const char* line, bool) { __builtin_prefetch(line, 0, 3); });
-}
-
 // A buffer whose first read_len bytes are only compared (and written where they differ: the
 // virtio-net header of a recycled RX buffer, see write_unless_equal in drivers/net) and whose
 // next write_len bytes are written: lines holding written bytes are prefetched for writing,
@@ -103,6 +98,9 @@ inline void prefetch_bytes_read_then_write(const void* p, std::size_t read_len, 
     }
   });
 }
+
+// For reading only.
+inline void prefetch_bytes(const void* p, std::size_t len) noexcept { prefetch_bytes_read_then_write(p, len, 0); }
 
 // Adds n to a counter that only the calling thread writes: a relaxed load and store, no locked
 // instruction; other threads read whole values at any time (stats).

@@ -81,6 +81,23 @@ struct RingArea {
 // `table` or its host address is not aligned as the layout requires. Control path.
 void check_ring_areas(const MemoryTable& table, const char* kind, std::span<const RingArea> areas);
 
+// prefetch_buffers()' step for one single direct descriptor, either layout: translates the
+// buffer [gpa, gpa + len) and prefetches its first `read_bytes` bytes for reading and the next
+// `write_bytes` for writing, both cut to the buffer (prefetch_bytes_read_then_write). False,
+// with nothing prefetched, when the buffer is empty or not inside one mapped region: the
+// look-ahead stops there and leaves the descriptor to pop().
+inline bool prefetch_descriptor_buffer(const MemoryTable& table, std::uint64_t gpa, std::uint32_t len,
+                                       std::uint32_t read_bytes, std::uint32_t write_bytes,
+                                       std::uint32_t& hint) noexcept {
+  if (len == 0) return false;
+  const std::uint8_t* host = table.translate_gpa(gpa, len, hint);
+  if (host == nullptr) return false;
+  const std::uint32_t read = read_bytes < len ? read_bytes : len;
+  const std::uint32_t left = len - read;
+  prefetch_bytes_read_then_write(host, read, write_bytes < left ? write_bytes : left);
+  return true;
+}
+
 // Why a ring was put in error. The ring stops being processed until reconfigured.
 enum class RingError : std::uint8_t {
   none = 0,
