@@ -17,6 +17,7 @@
 #include "vhostd/net/net_port.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "vhostd/base/compiler.hpp"
@@ -60,6 +61,57 @@ constexpr std::uint64_t kPublishEvery = 16;
 template <std::size_t kLen>
 void write_unless_equal(std::uint8_t* dst, const void* src) noexcept {
   if (std::memcmp(dst, src, kLen) != 0) std::memcpy(dst, src, kLen);
+}
+
+// The packet's frame lies in one source segment (from data_offset on).
+bool in_one_segment(const Packet& packet) noexcept {
+  return packet.chain->segments[packet.data_segment].len - packet.data_offset >= packet.len;
+}
+
+// Writes a whole packet into one RX buffer that holds it: the header (only where it differs),
+// the Ethernet header from the packet, the rest of the frame from its one source segment.
+void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHeader& header, std::uint32_t header_len,
+                const MemoryTable& table) noexcept {
+  std::uint8_t* out = dst.host;
+  if (header_len == kNetHeaderLen) {
+    write_unless_equal<kNetHeaderLen>(out, &header);
+  } else {
+    write_unless_equal<kNetLegacyHeaderLen>(out, &header);
+  }
+  const ChainSegment& src = packet.chain->segments[packet.data_segment];
+  std::memcpy(out + header_len, packet.eth.data(), kEthHeaderLen);
+  std::memcpy(out + header_len + kEthHeaderLen, src.host + packet.data_offset + kEthHeaderLen, packet.len - kEthHeaderLen);
+  table.mark_dirty(dst.gpa, header_len + packet.len);
+}
+
+// Queue::kFillBatch packets into one batch of RX buffers (PackedQueue::peek_fill_batch), each
+// packet whole in its buffer: returns the frame bytes delivered, or 0 having taken nothing when
+// a packet needs more than the plain copy (offload metadata, a frame over several segments, a
+// buffer too small) or the ring offers no batch.
+template <DataPathQueue Queue>
+std::uint64_t transmit_batch(Queue& queue, Packet* const* packets, std::uint32_t header_len,
+                             const MemoryTable& table) noexcept {
+  constexpr std::uint32_t kBatch = Queue::kFillBatch;
+  for (std::uint32_t k = 0; k < kBatch; ++k) {
+    const Packet& packet = *packets[k];
+    if ((packet.header.flags | packet.header.gso_type) != 0 || !in_one_segment(packet)) return 0;
+  }
+  typename Queue::FillBatch batch;
+  if (!queue.peek_fill_batch(batch)) return 0;
+  std::array<std::uint32_t, kBatch> written;
+  for (std::uint32_t k = 0; k < kBatch; ++k) {
+    written[k] = header_len + packets[k]->len;
+    if (batch.buffers[k].len < written[k]) return 0;
+  }
+  VirtioNetHeader header{};  // no offload; one buffer per packet
+  header.num_buffers = 1;
+  std::uint64_t bytes = 0;
+  for (std::uint32_t k = 0; k < kBatch; ++k) {
+    copy_whole(batch.buffers[k], *packets[k], header, header_len, table);
+    bytes += packets[k]->len;
+  }
+  queue.commit_fill_batch(batch, written);
+  return bytes;
 }
 
 // A read position in a chain's readable segments.
@@ -576,6 +628,18 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
   std::uint16_t i = 0;
 
   for (; i < n; ++i) {
+    if constexpr (Queue::kFillBatch != 0) {
+      // A ring line of RX buffers for the next packets at once (PackedQueue::peek_fill_batch);
+      // anything the batch does not cover goes through the per-packet path below.
+      if (static_cast<std::uint32_t>(n - i) >= Queue::kFillBatch) {
+        if (const std::uint64_t batch_bytes = transmit_batch(queue, packets + i, header_len, *table); batch_bytes != 0) {
+          delivered += Queue::kFillBatch;
+          bytes += batch_bytes;
+          i += Queue::kFillBatch - 1;
+          continue;
+        }
+      }
+    }
     const Packet& packet = *packets[i];
     VirtioNetHeader header{};
     bool csum_fixup = false;
@@ -600,21 +664,10 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
 
     // Fast path: the frame in one source buffer, the whole packet in the first RX buffer, no
     // checksum to compute (every 64..1518-byte packet between two ordinary guests).
-    const ChainSegment& src_segment = packet.chain->segments[packet.data_segment];
     const ChainSegment& dst_segment = first.segments[first.num_readable];
-    if (VHOSTD_LIKELY(!csum_fixup && src_segment.len - packet.data_offset >= packet.len &&
-                      first.num_writable != 0 && dst_segment.len >= total)) {
+    if (VHOSTD_LIKELY(!csum_fixup && in_one_segment(packet) && first.num_writable != 0 && dst_segment.len >= total)) {
       header.num_buffers = 1;
-      std::uint8_t* out = dst_segment.host;
-      if (header_len == kNetHeaderLen) {
-        write_unless_equal<kNetHeaderLen>(out, &header);
-      } else {
-        write_unless_equal<kNetLegacyHeaderLen>(out, &header);
-      }
-      std::memcpy(out + header_len, packet.eth.data(), kEthHeaderLen);
-      std::memcpy(out + header_len + kEthHeaderLen, src_segment.host + packet.data_offset + kEthHeaderLen,
-                  packet.len - kEthHeaderLen);
-      table->mark_dirty(dst_segment.gpa, total);
+      copy_whole(dst_segment, packet, header, header_len, *table);
       queue.push_used(first.head, total);
       delivered_one(packet.len);
       continue;

@@ -270,6 +270,75 @@ void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, st
   }
 }
 
+bool PackedQueue::peek_fill_batch(FillBatch& batch) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
+  const std::uint32_t slot = slot_of(avail_pos_);
+  if ((slot & (kFillBatch - 1)) != 0 || slot + kFillBatch > size_ || in_flight() + kFillBatch > size_) return false;
+  const bool wrap = wrap_of(avail_pos_);
+  PackedDesc* line = desc_ + slot;
+  std::array<std::uint16_t, kFillBatch> flags;
+  // Acquire, as in pop(): each descriptor's fields were written before its flags.
+  for (std::uint32_t k = 0; k < kFillBatch; ++k) flags[k] = flags_of(line[k]).load(std::memory_order_acquire);
+  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+    if (!packed_desc_available(flags[k], wrap) || (flags[k] & (kVringDescFNext | kVringDescFIndirect)) != 0 ||
+        (flags[k] & write_mask_) == 0) {
+      return false;
+    }
+  }
+  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+    const PackedDesc d = read_desc(&line[k], flags[k]);
+    if (d.len == 0 || d.id >= size_ || chain_slots_[d.id] != 0) return false;
+    for (std::uint32_t j = 0; j < k; ++j) {
+      if (batch.ids[j] == d.id) return false;
+    }
+    std::uint8_t* host = table_->translate_gpa(d.addr, d.len, desc_hint_);
+    if (host == nullptr) return false;
+    __builtin_prefetch(host, 0, 3);  // the header's line, compared first (write_unless_equal)
+    batch.buffers[k] = ChainSegment{host, d.addr, d.len};
+    batch.ids[k] = d.id;
+  }
+  return true;
+}
+
+void PackedQueue::commit_fill_batch(const FillBatch& batch, const std::array<std::uint32_t, kFillBatch>& written) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || desc_ == nullptr)) return;
+  flush_used();  // what was used before the batch is published before it
+  // The next used slots: the batch's own line when nothing else is outstanding (the usual
+  // case), else earlier slots the device already read (used descriptors go in completion order).
+  const std::uint32_t first = used_pos_;
+  std::uint32_t pos = first;
+  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+    PackedDesc& d = desc_[slot_of(pos)];
+    d.id = batch.ids[k];
+    d.len = written[k];
+    pos = advance(pos, 1);
+  }
+  // Release: every id and len above is visible before any of the flags below; the driver reads
+  // a descriptor's fields only after seeing its flags say used.
+  std::atomic_thread_fence(std::memory_order_release);
+  pos = first;
+  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+    const auto flags = static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (written[k] != 0 ? kVringDescFWrite : 0));
+    // Relaxed: ordered after the ids and lengths by the fence above.
+    flags_of(desc_[slot_of(pos)]).store(flags, std::memory_order_relaxed);
+    pos = advance(pos, 1);
+  }
+  if (VHOSTD_UNLIKELY((addresses_.flags & kVringFLog) && table_->logging())) {
+    std::uint32_t at = first;
+    for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+      log_write(desc_gpa_ + sizeof(PackedDesc) * slot_of(at), sizeof(PackedDesc));
+      at = advance(at, 1);
+    }
+  }
+  used_pos_ = pos;
+  used_slots_ += kFillBatch;
+  avail_pos_ = advance(avail_pos_, kFillBatch);
+  avail_counted_ = avail_counted_ > kFillBatch ? avail_counted_ - kFillBatch : 0;
+  rewindable_ = 0;  // a chain popped before a published batch can no longer be given back
+  stats_.add(stats_.requests, kFillBatch);
+  if (event_idx_ && notifications_enabled_) publish_avail_event();
+}
+
 bool PackedQueue::pop(DescriptorChain& chain) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
 

@@ -21,6 +21,7 @@
 // notification.
 #pragma once
 
+#include <array>
 #include <concepts>
 #include <cstdint>
 #include <vector>
@@ -149,6 +150,30 @@ class PackedQueue {
   void check_addresses(const MemoryTable& table) const;
   // Back to the unconfigured state (error cleared, counters kept, memory binding kept).
   void reset() noexcept;
+
+  // ---- batched fill (data path, owner only) ----
+  // A writable buffer for each of kFillBatch descriptors that share one cache line of the ring:
+  // the common RX refill of DPDK's and Linux's drivers (single descriptors, posted in order).
+  // The device reads the line once, writes the buffers, and publishes them as used in that same
+  // line right away, the way DPDK's packed enqueue does; the per-chain pop and push bookkeeping
+  // is skipped (perf/README.md has what it is worth).
+  static constexpr std::uint32_t kFillBatch = 4;
+  struct FillBatch {
+    std::array<ChainSegment, kFillBatch> buffers;  // host, gpa and length of each buffer
+    std::array<std::uint16_t, kFillBatch> ids;
+  };
+  // Reads the next kFillBatch descriptors and returns true when every one is an available
+  // single (no NEXT, no INDIRECT) writable descriptor inside guest memory, with a buffer id
+  // below the size that is not outstanding and differs from the others, and the first of them
+  // starts a cache line of the ring (a slot that is a multiple of kFillBatch, the last one in the
+  // same lap). Takes nothing: on false pop() handles these descriptors one by one and judges
+  // them (a hostile one puts the ring in error there).
+  bool peek_fill_batch(FillBatch& batch) noexcept;
+  // Takes the buffers the last peek_fill_batch() returned (no other call on the queue in
+  // between) and publishes each as used with written[k] bytes: staged elements first
+  // (flush_used()), then the batch at the next used slots, ids and lengths before one release
+  // fence, flags after it. The caller notifies as after flush_used().
+  void commit_fill_batch(const FillBatch& batch, const std::array<std::uint32_t, kFillBatch>& written) noexcept;
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
