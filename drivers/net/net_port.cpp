@@ -80,7 +80,8 @@ void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHe
   }
   const ChainSegment& src = packet.chain->segments[packet.data_segment];
   std::memcpy(out + header_len, packet.eth.data(), kEthHeaderLen);
-  std::memcpy(out + header_len + kEthHeaderLen, src.host + packet.data_offset + kEthHeaderLen, packet.len - kEthHeaderLen);
+  std::memcpy(out + header_len + kEthHeaderLen, src.host + packet.data_offset + kEthHeaderLen,
+              packet.len - kEthHeaderLen);
   table.mark_dirty(dst.gpa, header_len + packet.len);
 }
 
@@ -632,7 +633,8 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
       // A ring line of RX buffers for the next packets at once (PackedQueue::peek_fill_batch);
       // anything the batch does not cover goes through the per-packet path below.
       if (static_cast<std::uint32_t>(n - i) >= Queue::kFillBatch) {
-        if (const std::uint64_t batch_bytes = transmit_batch(queue, packets + i, header_len, *table); batch_bytes != 0) {
+        const std::uint64_t batch_bytes = transmit_batch(queue, packets + i, header_len, *table);
+        if (batch_bytes != 0) {
           delivered += Queue::kFillBatch;
           bytes += batch_bytes;
           i += Queue::kFillBatch - 1;

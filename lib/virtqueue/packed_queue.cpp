@@ -300,7 +300,8 @@ bool PackedQueue::peek_fill_batch(FillBatch& batch) noexcept {
   return true;
 }
 
-void PackedQueue::commit_fill_batch(const FillBatch& batch, const std::array<std::uint32_t, kFillBatch>& written) noexcept {
+void PackedQueue::commit_fill_batch(const FillBatch& batch,
+                                    const std::array<std::uint32_t, kFillBatch>& written) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || desc_ == nullptr)) return;
   flush_used();  // what was used before the batch is published before it
   // The next used slots: the batch's own line when nothing else is outstanding (the usual
@@ -318,7 +319,8 @@ void PackedQueue::commit_fill_batch(const FillBatch& batch, const std::array<std
   std::atomic_thread_fence(std::memory_order_release);
   pos = first;
   for (std::uint32_t k = 0; k < kFillBatch; ++k) {
-    const auto flags = static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (written[k] != 0 ? kVringDescFWrite : 0));
+    const auto flags =
+        static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (written[k] != 0 ? kVringDescFWrite : 0));
     // Relaxed: ordered after the ids and lengths by the fence above.
     flags_of(desc_[slot_of(pos)]).store(flags, std::memory_order_relaxed);
     pos = advance(pos, 1);

@@ -165,9 +165,10 @@ class PackedQueue {
   // Reads the next kFillBatch descriptors and returns true when every one is an available
   // single (no NEXT, no INDIRECT) writable descriptor inside guest memory, with a buffer id
   // below the size that is not outstanding and differs from the others, and the first of them
-  // starts a cache line of the ring (a slot that is a multiple of kFillBatch, the last one in the
-  // same lap; one line when the ring is 64-byte aligned, as DPDK's and Linux's are). Takes nothing: on false pop() handles these descriptors one by one and judges
-  // them (a hostile one puts the ring in error there).
+  // starts a cache line of the ring: a slot that is a multiple of kFillBatch, the last one in
+  // the same lap (one line when the ring is 64-byte aligned, as DPDK's and Linux's are). Takes
+  // nothing: on false pop() handles these descriptors one by one and judges them (a hostile
+  // one puts the ring in error there).
   bool peek_fill_batch(FillBatch& batch) noexcept;
   // Takes the buffers the last peek_fill_batch() returned (no other call on the queue in
   // between) and publishes each as used with written[k] bytes: staged elements first
