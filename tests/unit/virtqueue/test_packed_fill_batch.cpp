@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <optional>
 #include <vector>
 
 #include "packed_harness.hpp"
@@ -91,6 +92,22 @@ void expect_refused(PackedHarness& h, const char* why) {
   EXPECT_FALSE(h.queue.in_error()) << why << ": refusing is not judging";
 }
 
+// Writes a line of four writable descriptors from `first` on, behind the driver's back (no
+// bookkeeping): ids[k], each `len` bytes at `addr` unless a replacement is given for one slot.
+struct RawDesc {
+  std::uint32_t at;  // index in the line
+  std::uint64_t addr;
+  std::uint32_t len;
+};
+void put_writable_line(PackedHarness& h, std::uint32_t first, const std::array<std::uint16_t, kBatch>& ids,
+                       std::uint64_t addr, std::optional<RawDesc> other = std::nullopt) {
+  for (std::uint32_t k = 0; k < kBatch; ++k) {
+    const bool replaced = other && other->at == k;
+    h.ring->put(first + k, PackedDesc{replaced ? other->addr : addr, replaced ? other->len : 64u, ids[k],
+                                      static_cast<std::uint16_t>(h.ring->avail_bits() | kVringDescFWrite)});
+  }
+}
+
 TEST(PackedFillBatch, RefusesWhatIsNotFourSingleWritableBuffersInOneLine) {
   {
     PackedHarness h(16);
@@ -139,21 +156,13 @@ TEST(PackedFillBatch, RefusesHostileIdsAndAddressesAndLeavesThemToPop) {
   // A buffer id made available twice within the line.
   {
     PackedHarness h(16);
-    const std::uint64_t buf = h.buffer(64);
-    for (std::uint32_t s = 0; s < 4; ++s) {
-      h.ring->put(s, PackedDesc{buf, 64, static_cast<std::uint16_t>(s == 3 ? 1 : s),
-                                static_cast<std::uint16_t>(h.ring->avail_bits() | kVringDescFWrite)});
-    }
+    put_writable_line(h, 0, {0, 1, 2, 1}, h.buffer(64));
     expect_refused(h, "id 1 twice");
   }
   // An id at or above the queue size.
   {
     PackedHarness h(16);
-    const std::uint64_t buf = h.buffer(64);
-    for (std::uint32_t s = 0; s < 4; ++s) {
-      h.ring->put(s, PackedDesc{buf, 64, static_cast<std::uint16_t>(s == 2 ? 16 : s),
-                                static_cast<std::uint16_t>(h.ring->avail_bits() | kVringDescFWrite)});
-    }
+    put_writable_line(h, 0, {0, 1, 16, 3}, h.buffer(64));
     expect_refused(h, "id 16 in a ring of 16");
     DescriptorChain chain;
     ASSERT_TRUE(h.queue.pop(chain));
@@ -167,21 +176,13 @@ TEST(PackedFillBatch, RefusesHostileIdsAndAddressesAndLeavesThemToPop) {
     const auto ids = add_buffers(h, 4);
     DescriptorChain chain;
     for (int i = 0; i < 4; ++i) ASSERT_TRUE(h.pop_one(chain));
-    const std::uint64_t buf = h.buffer(64);
-    for (std::uint32_t s = 4; s < 8; ++s) {
-      h.ring->put(s, PackedDesc{buf, 64, static_cast<std::uint16_t>(s == 5 ? ids[0] : s + 4),
-                                static_cast<std::uint16_t>(h.ring->avail_bits() | kVringDescFWrite)});
-    }
+    put_writable_line(h, 4, {8, ids[0], 10, 11}, h.buffer(64));
     expect_refused(h, "an outstanding id");
   }
   // A buffer outside guest memory, and one of length 0.
   for (const auto& [addr, len] : {std::pair<std::uint64_t, std::uint32_t>{kMiB - 8, 64}, {0x1000, 0}}) {
     PackedHarness h(16);
-    const std::uint64_t buf = h.buffer(64);
-    for (std::uint32_t s = 0; s < 4; ++s) {
-      h.ring->put(s, PackedDesc{s == 3 ? addr : buf, s == 3 ? len : 64u, static_cast<std::uint16_t>(s),
-                                static_cast<std::uint16_t>(h.ring->avail_bits() | kVringDescFWrite)});
-    }
+    put_writable_line(h, 0, {0, 1, 2, 3}, h.buffer(64), RawDesc{3, addr, len});
     expect_refused(h, len == 0 ? "a zero-length buffer" : "a buffer past the end of guest memory");
   }
 }

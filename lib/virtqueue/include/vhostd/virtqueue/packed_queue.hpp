@@ -304,6 +304,11 @@ class PackedQueue {
   void publish_avail_event() noexcept;
   void write_device_flags(std::uint16_t flags) noexcept;
   void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
+  // Used descriptor writes go to the dirty log (VHOST_VRING_F_LOG set and logging on).
+  bool logging_used() const noexcept { return (addresses_.flags & kVringFLog) && table_->logging(); }
+  void log_used_desc(std::uint32_t pos) noexcept {
+    log_write(desc_gpa_ + sizeof(PackedDesc) * slot_of(pos), sizeof(PackedDesc));
+  }
 
   // What idle() reads, first and together (one cache line for an idle ring).
   const GuestMemory* memory_ = nullptr;
