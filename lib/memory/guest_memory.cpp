@@ -210,6 +210,8 @@ MemoryTable::MemoryTable(std::vector<std::shared_ptr<const MappedRegion>> region
                   " in guest-physical space");
     }
   }
+  spans_.reserve(regions_.size());
+  for (const auto& r : regions_) spans_.push_back(GpaSpan{r->gpa_start(), r->info().memory_size, r->host_base()});
   by_uva_.resize(regions_.size());
   for (std::size_t i = 0; i < regions_.size(); ++i) by_uva_[i] = static_cast<std::uint32_t>(i);
   std::sort(by_uva_.begin(), by_uva_.end(),

@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "vhostd/base/compiler.hpp"
 #include "vhostd/base/fd.hpp"
 #include "vhostd/base/quiescence.hpp"
 
@@ -151,12 +152,23 @@ class MemoryTable {
  private:
   // Index of the region containing gpa, or -1.
   int find_gpa(std::uint64_t gpa, std::uint32_t& hint) const noexcept;
+  // translate_gpa() when the hinted region does not hold the whole range.
+  std::uint8_t* translate_gpa_search(std::uint64_t gpa, std::uint64_t len, std::uint32_t& hint) const noexcept;
 
   static std::uint64_t next_generation() noexcept;
   // Index of the region containing uva (via by_uva_), or -1.
   int find_uva(std::uint64_t uva) const noexcept;
 
+  // What a guest-physical translation reads of a region, flat and in regions_' order: the data
+  // path's hinted lookup is one load of the span and two compares, no pointer chase.
+  struct GpaSpan {
+    std::uint64_t start;
+    std::uint64_t size;
+    std::uint8_t* host;
+  };
+
   std::vector<std::shared_ptr<const MappedRegion>> regions_;  // sorted by guest_phys_addr
+  std::vector<GpaSpan> spans_;  // spans_[i] describes regions_[i]
   std::vector<std::uint32_t> by_uva_;  // indices into regions_, sorted by userspace_addr
   std::shared_ptr<DirtyLog> log_;
   bool log_all_ = false;
@@ -206,10 +218,11 @@ bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint
                                  Fn&& fn) const noexcept {
   if (gpa + len < gpa) return false;
   // Fast path: the whole range inside the last-hit region (every buffer of a one-region guest).
-  if (hint < regions_.size()) {
-    const MappedRegion& r = *regions_[hint];
-    if (len != 0 && gpa >= r.gpa_start() && gpa < r.gpa_end() && len <= r.gpa_end() - gpa) {
-      fn(r.host_base() + (gpa - r.gpa_start()), gpa, len);
+  if (hint < spans_.size()) {
+    const GpaSpan& span = spans_[hint];
+    const std::uint64_t offset = gpa - span.start;  // huge (wrapped) below the start
+    if (len != 0 && offset < span.size && len <= span.size - offset) {
+      fn(span.host + offset, gpa, len);
       return true;
     }
   }
@@ -219,7 +232,8 @@ bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint
   while (left > 0) {
     int idx = find_gpa(cursor, probe);
     if (idx < 0) return false;
-    std::uint64_t room = regions_[idx]->gpa_end() - cursor;
+    const GpaSpan& span = spans_[static_cast<std::size_t>(idx)];
+    std::uint64_t room = span.start + span.size - cursor;
     std::uint64_t take = left < room ? left : room;
     cursor += take;
     left -= take;
@@ -227,11 +241,10 @@ bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint
   cursor = gpa;
   left = len;
   while (left > 0) {
-    int idx = find_gpa(cursor, hint);
-    const MappedRegion& r = *regions_[idx];
-    std::uint64_t room = r.gpa_end() - cursor;
+    const GpaSpan& span = spans_[static_cast<std::size_t>(find_gpa(cursor, hint))];
+    std::uint64_t room = span.start + span.size - cursor;
     std::uint64_t take = left < room ? left : room;
-    fn(r.host_base() + (cursor - r.gpa_start()), cursor, take);
+    fn(span.host + (cursor - span.start), cursor, take);
     cursor += take;
     left -= take;
   }
@@ -239,32 +252,41 @@ bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint
 }
 
 inline int MemoryTable::find_gpa(std::uint64_t gpa, std::uint32_t& hint) const noexcept {
-  const std::size_t n = regions_.size();
-  if (hint < n) {
-    const MappedRegion& r = *regions_[hint];
-    if (gpa >= r.gpa_start() && gpa < r.gpa_end()) return static_cast<int>(hint);
-  }
+  const std::size_t n = spans_.size();
+  if (hint < n && gpa - spans_[hint].start < spans_[hint].size) return static_cast<int>(hint);
   // Binary search: last region whose start <= gpa.
   std::size_t lo = 0, hi = n;
   while (lo < hi) {
     std::size_t mid = (lo + hi) / 2;
-    if (regions_[mid]->gpa_start() <= gpa) lo = mid + 1; else hi = mid;
+    if (spans_[mid].start <= gpa) lo = mid + 1; else hi = mid;
   }
   if (lo == 0) return -1;
-  const MappedRegion& r = *regions_[lo - 1];
-  if (gpa >= r.gpa_end()) return -1;
+  if (gpa - spans_[lo - 1].start >= spans_[lo - 1].size) return -1;
   hint = static_cast<std::uint32_t>(lo - 1);
   return static_cast<int>(lo - 1);
 }
 
 inline std::uint8_t* MemoryTable::translate_gpa(std::uint64_t gpa, std::uint64_t len,
                                                 std::uint32_t& hint) const noexcept {
+  // The hinted region holds the whole range (every buffer of a one-region guest). The offset
+  // wraps to a huge value below the region's start; within it, start + size does not overflow
+  // (MappedRegion::map checked), so neither does gpa + len.
+  if (VHOSTD_LIKELY(hint < spans_.size())) {
+    const GpaSpan& span = spans_[hint];
+    const std::uint64_t offset = gpa - span.start;
+    if (VHOSTD_LIKELY(offset < span.size && len <= span.size - offset)) return span.host + offset;
+  }
+  return translate_gpa_search(gpa, len, hint);
+}
+
+inline std::uint8_t* MemoryTable::translate_gpa_search(std::uint64_t gpa, std::uint64_t len,
+                                                       std::uint32_t& hint) const noexcept {
   if (gpa + len < gpa) return nullptr;
-  int idx = find_gpa(gpa, hint);
+  const int idx = find_gpa(gpa, hint);
   if (idx < 0) return nullptr;
-  const MappedRegion& r = *regions_[idx];
-  if (len > r.gpa_end() - gpa) return nullptr;
-  return r.host_base() + (gpa - r.gpa_start());
+  const GpaSpan& span = spans_[static_cast<std::size_t>(idx)];
+  if (len > span.size - (gpa - span.start)) return nullptr;
+  return span.host + (gpa - span.start);
 }
 
 }  // namespace vhostd
