@@ -85,19 +85,19 @@ void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHe
   table.mark_dirty(dst.gpa, header_len + packet.len);
 }
 
-// Queue::kFillBatch packets into one batch of RX buffers (PackedQueue::peek_fill_batch), each
+// Queue::kLineBatch packets into one batch of RX buffers (PackedQueue::peek_fill_batch), each
 // packet whole in its buffer: returns the frame bytes delivered, or 0 having taken nothing when
 // a packet needs more than the plain copy (offload metadata, a frame over several segments, a
 // buffer too small) or the ring offers no batch.
 template <DataPathQueue Queue>
 std::uint64_t transmit_batch(Queue& queue, Packet* const* packets, std::uint32_t header_len,
                              const MemoryTable& table) noexcept {
-  constexpr std::uint32_t kBatch = Queue::kFillBatch;
+  constexpr std::uint32_t kBatch = Queue::kLineBatch;
   for (std::uint32_t k = 0; k < kBatch; ++k) {
     const Packet& packet = *packets[k];
     if ((packet.header.flags | packet.header.gso_type) != 0 || !in_one_segment(packet)) return 0;
   }
-  typename Queue::FillBatch batch;
+  typename Queue::LineBatch batch;
   if (!queue.peek_fill_batch(batch)) return 0;
   std::array<std::uint32_t, kBatch> written;
   for (std::uint32_t k = 0; k < kBatch; ++k) {
@@ -482,6 +482,19 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
   // misses (the guest's core wrote them); taken one after another they would be paid in
   // series, prefetched here they overlap.
   while (burst.num_heads_ < burst.capacity_) {
+    if constexpr (Queue::kLineBatch != 0) {
+      // A ring line of single-descriptor chains at once (PackedQueue::pop_batch); anything else
+      // goes through pop() below.
+      if (static_cast<std::uint32_t>(burst.capacity_ - burst.num_heads_) >= Queue::kLineBatch &&
+          queue.pop_batch(&burst.chains_[burst.num_heads_])) {
+        for (std::uint32_t k = 0; k < Queue::kLineBatch; ++k) {
+          const DescriptorChain& chain = burst.chains_[burst.num_heads_];
+          burst.heads_[burst.num_heads_++] = chain.head;
+          prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
+        }
+        continue;
+      }
+    }
     DescriptorChain& chain = burst.chains_[burst.num_heads_];
     if (!queue.pop(chain)) break;
     burst.heads_[burst.num_heads_++] = chain.head;
@@ -629,15 +642,15 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
   std::uint16_t i = 0;
 
   for (; i < n; ++i) {
-    if constexpr (Queue::kFillBatch != 0) {
+    if constexpr (Queue::kLineBatch != 0) {
       // A ring line of RX buffers for the next packets at once (PackedQueue::peek_fill_batch);
       // anything the batch does not cover goes through the per-packet path below.
-      if (static_cast<std::uint32_t>(n - i) >= Queue::kFillBatch) {
+      if (static_cast<std::uint32_t>(n - i) >= Queue::kLineBatch) {
         const std::uint64_t batch_bytes = transmit_batch(queue, packets + i, header_len, *table);
         if (batch_bytes != 0) {
-          delivered += Queue::kFillBatch;
+          delivered += Queue::kLineBatch;
           bytes += batch_bytes;
-          i += Queue::kFillBatch - 1;
+          i += Queue::kLineBatch - 1;
           continue;
         }
       }

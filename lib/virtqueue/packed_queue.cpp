@@ -21,12 +21,12 @@
 //     addresses (translated from the ring addresses), not relative to log_guest_addr: for
 //     packed rings QEMU passes the device area there, while used elements live in the
 //     descriptor ring.
-//   - IN_ORDER batching only folds chains the device could not write (no WRITE descriptor,
-//     used len 0): DPDK's virtio PMD reads every used descriptor on its RX paths and would
-//     stall on a skipped slot, while its TX cleanup walks a batch; a read-only chain is "used
-//     completely" by definition. A run is folded only when each chain starts where the
-//     previous one ends (the device used them in pop order); otherwise one used descriptor per
-//     element, as without IN_ORDER.
+//   - IN_ORDER batching only joins chains the device could not write (no WRITE descriptor,
+//     used len 0) to the chain after them: DPDK's virtio PMD reads every used descriptor on
+//     its RX paths and would stall on a skipped slot, while its TX cleanup walks a batch; a
+//     read-only chain is "used completely" by definition. A run grows only while each chain
+//     starts where the previous one ends (the device used them in pop order); otherwise one
+//     used descriptor per element, as without IN_ORDER.
 #include "vhostd/virtqueue/packed_queue.hpp"
 
 #include <algorithm>
@@ -232,15 +232,21 @@ std::uint16_t PackedQueue::poll() noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0 || memory_ == nullptr)) return 0;
   if (VHOSTD_UNLIKELY(!refresh_table())) return 0;
   // Count chain ends among the available descriptors ahead. Each flags load is acquire for the
-  // same reason as in pop(); pop() checks again and never relies on this count.
-  std::uint32_t pos = avail_pos_;
-  const std::uint32_t window = std::min(kPollWindow, size_);
+  // same reason as in pop(); pop() checks again and never relies on this count. The walk keeps
+  // its own slot and the AVAIL/USED bits an available descriptor has in that slot's lap.
+  const std::uint32_t size = size_;
+  const std::uint32_t window = std::min(kPollWindow, size);
+  std::uint32_t slot = slot_of(avail_pos_);
+  auto avail = packed_avail_flags(wrap_of(avail_pos_));
   std::uint32_t seen = 0, chains = 0;
   for (; seen < window; ++seen) {
-    const std::uint16_t flags = flags_of(desc_[slot_of(pos)]).load(std::memory_order_acquire);
-    if (!packed_desc_available(flags, wrap_of(pos))) break;
-    if ((flags & kVringDescFNext) == 0) ++chains;
-    pos = advance(pos, 1);
+    const std::uint16_t flags = flags_of(desc_[slot]).load(std::memory_order_acquire);
+    if ((flags & (kPackedDescFAvail | kPackedDescFUsed)) != avail) break;
+    chains += (flags & kVringDescFNext) == 0 ? 1 : 0;
+    if (++slot == size) {
+      slot = 0;
+      avail ^= kPackedDescFAvail | kPackedDescFUsed;  // the next lap
+    }
   }
   // A chain longer than the window (or a broken one, for pop() to judge) still counts as work.
   if (seen != 0 && chains == 0) chains = 1;
@@ -257,50 +263,109 @@ std::uint16_t PackedQueue::poll_cached() noexcept {
 
 void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, std::uint32_t write_bytes) const noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return;
-  std::uint32_t pos = avail_pos_;
+  const std::uint32_t size = size_;
+  const std::uint32_t count = std::min<std::uint32_t>(n, size);
+  std::uint32_t slot = slot_of(avail_pos_);
+  auto avail = packed_avail_flags(wrap_of(avail_pos_));
   std::uint32_t hint = desc_hint_;
-  for (std::uint32_t i = 0; i < std::min<std::uint32_t>(n, size_); ++i) {
-    PackedDesc& slot = desc_[slot_of(pos)];
+  for (std::uint32_t i = 0; i < count; ++i) {
+    PackedDesc& desc = desc_[slot];
     // Acquire, as in pop(): the fields read below were written before these flags.
-    const std::uint16_t flags = flags_of(slot).load(std::memory_order_acquire);
-    if (!packed_desc_available(flags, wrap_of(pos)) || (flags & (kVringDescFNext | kVringDescFIndirect)) != 0) return;
-    const PackedDesc d = read_desc(&slot, flags);
+    const std::uint16_t flags = flags_of(desc).load(std::memory_order_acquire);
+    if ((flags & (kPackedDescFAvail | kPackedDescFUsed | kVringDescFNext | kVringDescFIndirect)) != avail) return;
+    const PackedDesc d = read_desc(&desc, flags);
     if (!prefetch_descriptor_buffer(*table_, d.addr, d.len, read_bytes, write_bytes, hint)) return;
-    pos = advance(pos, 1);
+    if (++slot == size) {
+      slot = 0;
+      avail ^= kPackedDescFAvail | kPackedDescFUsed;
+    }
   }
 }
 
-bool PackedQueue::peek_fill_batch(FillBatch& batch) noexcept {
+static_assert(PackedQueue::kLineBatch == 4, "read_line() compares the ids of four descriptors");
+
+bool PackedQueue::read_line(LineBatch& batch, std::uint16_t write_flag) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
+  const std::uint32_t size = size_;
   const std::uint32_t slot = slot_of(avail_pos_);
-  if ((slot & (kFillBatch - 1)) != 0 || slot + kFillBatch > size_ || in_flight() + kFillBatch > size_) return false;
-  const bool wrap = wrap_of(avail_pos_);
+  if ((slot & (kLineBatch - 1)) != 0 || slot + kLineBatch > size || in_flight() + kLineBatch > size) return false;
   PackedDesc* line = desc_ + slot;
-  std::array<std::uint16_t, kFillBatch> flags;
-  // Acquire, as in pop(): each descriptor's fields were written before its flags.
-  for (std::uint32_t k = 0; k < kFillBatch; ++k) flags[k] = flags_of(line[k]).load(std::memory_order_acquire);
-  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
-    if (!packed_desc_available(flags[k], wrap) || (flags[k] & (kVringDescFNext | kVringDescFIndirect)) != 0 ||
-        (flags[k] & write_mask_) == 0) {
-      return false;
-    }
+  // Under `mask` every descriptor's flags must read `want`: AVAIL/USED as the driver sets them
+  // to make a descriptor available in this lap, no NEXT, no INDIRECT, WRITE as asked.
+  const auto mask = static_cast<std::uint16_t>(kPackedDescFAvail | kPackedDescFUsed | kVringDescFNext |
+                                               kVringDescFIndirect | write_mask_);
+  const auto want = static_cast<std::uint16_t>(packed_avail_flags(wrap_of(avail_pos_)) | (write_flag & write_mask_));
+  std::array<std::uint16_t, kLineBatch> flags;
+  std::uint16_t mismatch = 0;
+#pragma GCC unroll 4
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
+    // Acquire, as in pop(): each descriptor's fields were written before its flags.
+    flags[k] = flags_of(line[k]).load(std::memory_order_acquire);
+    mismatch |= static_cast<std::uint16_t>((flags[k] & mask) ^ want);
   }
-  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
-    const PackedDesc d = read_desc(&line[k], flags[k]);
-    if (d.len == 0 || d.id >= size_ || chain_slots_[d.id] != 0) return false;
-    for (std::uint32_t j = 0; j < k; ++j) {
-      if (batch.ids[j] == d.id) return false;
-    }
-    std::uint8_t* host = table_->translate_gpa(d.addr, d.len, desc_hint_);
+  if (mismatch != 0) return false;
+  // The rest of each descriptor, read once (the driver may rewrite the line at any time).
+  std::array<PackedDesc, kLineBatch> d;
+  bool bad = false;
+#pragma GCC unroll 4
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
+    d[k] = read_desc(&line[k], flags[k]);
+    bad |= d[k].len == 0 || d[k].id >= size;
+  }
+  if (bad) return false;
+  // Ids not outstanding (a descriptor made available twice) and distinct within the line.
+  const std::uint16_t* outstanding = chain_slots_.data();
+  if ((outstanding[d[0].id] | outstanding[d[1].id] | outstanding[d[2].id] | outstanding[d[3].id]) != 0 ||
+      d[0].id == d[1].id || d[0].id == d[2].id || d[0].id == d[3].id || d[1].id == d[2].id ||
+      d[1].id == d[3].id || d[2].id == d[3].id) {
+    return false;
+  }
+  std::uint32_t hint = desc_hint_;
+#pragma GCC unroll 4
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
+    std::uint8_t* host = table_->translate_gpa(d[k].addr, d[k].len, hint);
     if (host == nullptr) return false;
-    batch.buffers[k] = ChainSegment{host, d.addr, d.len};
-    batch.ids[k] = d.id;
+    batch.buffers[k] = ChainSegment{host, d[k].addr, d[k].len};
+    batch.ids[k] = d[k].id;
   }
+  desc_hint_ = hint;
   return true;
 }
 
-void PackedQueue::commit_fill_batch(const FillBatch& batch,
-                                    const std::array<std::uint32_t, kFillBatch>& written) noexcept {
+bool PackedQueue::peek_fill_batch(LineBatch& batch) noexcept {
+  // A readable-only ring has no buffer the device may write.
+  return write_mask_ != 0 && read_line(batch, kVringDescFWrite);
+}
+
+bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
+  LineBatch line;
+  if (!read_line(line, 0)) return false;
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
+    const std::uint16_t id = line.ids[k];
+    DescriptorChain& chain = chains[k];
+    chain.segments[0] = line.buffers[k];
+    chain.head = id;
+    chain.num_readable = 1;
+    chain.num_writable = 0;
+    chain.readable_bytes = line.buffers[k].len;
+    chain.writable_bytes = 0;
+    // finish_pop()'s bookkeeping, for four one-slot chains.
+    chain_slots_[id] = 1;
+    chain_start_[id] = static_cast<std::uint16_t>(advance(avail_pos_, k));
+    chain_writable_[id] = 0;
+    pop_history_[pop_head_] = id;
+    pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
+  }
+  rewindable_ = std::min(rewindable_ + kLineBatch, size_);
+  avail_pos_ = advance(avail_pos_, kLineBatch);
+  avail_counted_ = avail_counted_ > kLineBatch ? avail_counted_ - kLineBatch : 0;
+  stats_.add(stats_.requests, kLineBatch);
+  if (event_idx_ && notifications_enabled_) publish_avail_event();
+  return true;
+}
+
+void PackedQueue::commit_fill_batch(const LineBatch& batch,
+                                    const std::array<std::uint32_t, kLineBatch>& written) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || desc_ == nullptr)) return;
   flush_used();  // what was used before the batch is published before it
   // The next used slots: the batch's own line when nothing else is outstanding (the usual
@@ -309,7 +374,7 @@ void PackedQueue::commit_fill_batch(const FillBatch& batch,
   // measured a little slower on the two-port forward (perf/README.md).
   const std::uint32_t first = used_pos_;
   std::uint32_t pos = first;
-  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
     PackedDesc& d = desc_[slot_of(pos)];
     d.id = batch.ids[k];
     d.len = written[k];
@@ -319,7 +384,7 @@ void PackedQueue::commit_fill_batch(const FillBatch& batch,
   // a descriptor's fields only after seeing its flags say used.
   std::atomic_thread_fence(std::memory_order_release);
   pos = first;
-  for (std::uint32_t k = 0; k < kFillBatch; ++k) {
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) {
     const auto flags =
         static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (written[k] != 0 ? kVringDescFWrite : 0));
     // Relaxed: ordered after the ids and lengths by the fence above.
@@ -327,14 +392,14 @@ void PackedQueue::commit_fill_batch(const FillBatch& batch,
     pos = advance(pos, 1);
   }
   if (VHOSTD_UNLIKELY(logging_used())) {
-    for (std::uint32_t k = 0, at = first; k < kFillBatch; ++k, at = advance(at, 1)) log_used_desc(at);
+    for (std::uint32_t k = 0, at = first; k < kLineBatch; ++k, at = advance(at, 1)) log_used_desc(at);
   }
   used_pos_ = pos;
-  used_slots_ += kFillBatch;
-  avail_pos_ = advance(avail_pos_, kFillBatch);
-  avail_counted_ = avail_counted_ > kFillBatch ? avail_counted_ - kFillBatch : 0;
+  used_slots_ += kLineBatch;
+  avail_pos_ = advance(avail_pos_, kLineBatch);
+  avail_counted_ = avail_counted_ > kLineBatch ? avail_counted_ - kLineBatch : 0;
   rewindable_ = 0;  // a chain popped before a published batch can no longer be given back
-  stats_.add(stats_.requests, kFillBatch);
+  stats_.add(stats_.requests, kLineBatch);
   if (event_idx_ && notifications_enabled_) publish_avail_event();
 }
 
@@ -479,53 +544,10 @@ void PackedQueue::rewind(std::uint16_t n) noexcept {
   if (undone != 0 && event_idx_ && notifications_enabled_ && device_event_ != nullptr) publish_avail_event();
 }
 
-void PackedQueue::push_used(std::uint16_t id, std::uint32_t len) noexcept {
-  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0)) return;
-  if (VHOSTD_UNLIKELY(id >= size_ || chain_slots_[id] == 0)) {
-    fail(RingError::used_id_out_of_range);
-    return;
-  }
-  // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot fill;
-  // publish rather than overflow should that ever be wrong.
-  if (VHOSTD_UNLIKELY(shadow_count_ == size_)) flush_used();
-  shadow_used_[shadow_count_++] = UsedElem{id, chain_slots_[id], len, chain_start_[id], chain_writable_[id]};
-  shadow_slots_ += chain_slots_[id];
-  chain_slots_[id] = 0;
-}
-
-std::uint32_t PackedQueue::fold_in_order() noexcept {
-  std::uint32_t out = 0;
-  std::uint32_t pos = used_pos_;  // where the next used descriptor goes
-  for (std::uint32_t i = 0; i < shadow_count_;) {
-    std::uint32_t last = i;
-    std::uint32_t slots = shadow_used_[i].slots;
-    if (shadow_used_[i].start == pos) {
-      // Extend while the current element may be skipped (read-only chain, nothing written)
-      // and the next one is the chain popped right after it (starts where it ends).
-      std::uint32_t next = advance(pos, slots);
-      while (last + 1 < shadow_count_ && shadow_used_[last].len == 0 && shadow_used_[last].writable == 0 &&
-             shadow_used_[last + 1].start == next) {
-        ++last;
-        slots += shadow_used_[last].slots;
-        next = advance(next, shadow_used_[last].slots);
-      }
-    }
-    // out <= i <= last: the in-place copy never overwrites an element still to be read. The
-    // run's slots never exceed the slots in flight (at most size_), so they fit 16 bits.
-    shadow_used_[out] = shadow_used_[last];
-    shadow_used_[out].slots = static_cast<std::uint16_t>(slots);
-    ++out;
-    pos = advance(pos, slots);
-    i = last + 1;
-  }
-  return out;
-}
-
 void PackedQueue::flush_used() noexcept {
   if (shadow_count_ == 0 || error_ != RingError::none || desc_ == nullptr) return;
-  // IN_ORDER: runs become one element each, skipping the slots of the whole run; the loops
-  // below then write and log exactly the used descriptors that remain.
-  if (in_order_) shadow_count_ = fold_in_order();
+  // With IN_ORDER each element may be a run of chains (push_used()): its used descriptor skips
+  // the slots of the whole run.
   const std::uint32_t first_pos = used_pos_;
   std::uint32_t pos = first_pos;
   std::uint16_t first_flags = 0;

@@ -116,14 +116,15 @@ class PackedQueue {
     table_ = nullptr;
   }
   void set_event_idx(bool enabled) noexcept { event_idx_ = enabled; }
-  // VIRTIO_F_IN_ORDER negotiated: flush_used() may write a run of staged elements as one
-  // used descriptor (the spec's packed "In-order use of descriptors"): at the slot of the
-  // run's first chain, with the last chain's buffer id and len; the slots of every chain of
-  // the run are skipped (and count as used for event suppression). A run is consecutive
-  // elements, each the chain that starts at the slot the previous one ends on (the device
-  // used them in pop order), every one but the last a chain without writable descriptors
-  // pushed with len 0 (so "used completely" holds and no driver needs its len). Anything else
-  // gets its own used descriptor.
+  // VIRTIO_F_IN_ORDER negotiated: push_used() stages a run of used chains as one element, and
+  // flush_used() writes it as one used descriptor (the spec's packed "In-order use of
+  // descriptors"): at the slot of the run's first chain, with the last chain's buffer id and
+  // len; the slots of every chain of the run are skipped (and count as used for event
+  // suppression). A run is chains pushed one after another, each the chain that starts at the
+  // slot the previous one ends on (the device used them in pop order), the first one starting
+  // at the slot its used descriptor goes to, every one but the last a chain without writable
+  // descriptors pushed with len 0 (so "used completely" holds and no driver needs its len).
+  // Anything else gets its own used descriptor.
   void set_in_order(bool enabled) noexcept { in_order_ = enabled; }
   // The device only reads this ring's buffers (a net TX ring): WRITE flags are ignored and
   // every descriptor counts as device-readable. DPDK's virtio PMD marks the virtio-net header
@@ -152,29 +153,36 @@ class PackedQueue {
   void reset() noexcept;
 
   // ---- batched fill (data path, owner only) ----
-  // A writable buffer for each of kFillBatch descriptors that share one cache line of the ring:
+  // A writable buffer for each of kLineBatch descriptors that share one cache line of the ring:
   // the common RX refill of DPDK's and Linux's drivers (single descriptors, posted in order).
   // The device reads the line once, writes the buffers, and publishes them as used in that same
   // line right away, the way DPDK's packed enqueue does; the per-chain pop and push bookkeeping
   // is skipped (perf/README.md has what it is worth).
-  static constexpr std::uint32_t kFillBatch = 4;
-  struct FillBatch {
-    std::array<ChainSegment, kFillBatch> buffers;  // host, gpa and length of each buffer
-    std::array<std::uint16_t, kFillBatch> ids;
+  static constexpr std::uint32_t kLineBatch = 4;
+  struct LineBatch {
+    std::array<ChainSegment, kLineBatch> buffers;  // host, gpa and length of each buffer
+    std::array<std::uint16_t, kLineBatch> ids;
   };
-  // Reads the next kFillBatch descriptors and returns true when every one is an available
+  // Reads the next kLineBatch descriptors and returns true when every one is an available
   // single (no NEXT, no INDIRECT) writable descriptor inside guest memory, with a buffer id
   // below the size that is not outstanding and differs from the others, and the first of them
-  // starts a cache line of the ring: a slot that is a multiple of kFillBatch, the last one in
+  // starts a cache line of the ring: a slot that is a multiple of kLineBatch, the last one in
   // the same lap (one line when the ring is 64-byte aligned, as DPDK's and Linux's are). Takes
   // nothing: on false pop() handles these descriptors one by one and judges them (a hostile
   // one puts the ring in error there).
-  bool peek_fill_batch(FillBatch& batch) noexcept;
+  bool peek_fill_batch(LineBatch& batch) noexcept;
   // Takes the buffers the last peek_fill_batch() returned (no other call on the queue in
   // between) and publishes each as used with written[k] bytes: staged elements first
   // (flush_used()), then the batch at the next used slots, ids and lengths before one release
   // fence, flags after it. The caller notifies as after flush_used().
-  void commit_fill_batch(const FillBatch& batch, const std::array<std::uint32_t, kFillBatch>& written) noexcept;
+  void commit_fill_batch(const LineBatch& batch, const std::array<std::uint32_t, kLineBatch>& written) noexcept;
+  // The same line read for a ring the device reads (a net TX ring): pops the next kLineBatch
+  // chains at once when every one is an available single descriptor the device reads (no
+  // WRITE, unless the ring is set readable-only), with peek_fill_batch()'s other conditions.
+  // chains[0..kLineBatch) then hold them in ring order as pop() would give them, each to be
+  // pushed as used like any popped chain. False takes nothing: pop() then takes them one by
+  // one and judges them.
+  bool pop_batch(DescriptorChain* chains) noexcept;
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
@@ -299,8 +307,11 @@ class PackedQueue {
   static void make_held_call(void* queue) noexcept;
   bool fail(RingError error) noexcept;
   void finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept;
-  // IN_ORDER: folds runs of shadow_used_ into single elements in place; returns how many remain.
-  std::uint32_t fold_in_order() noexcept;
+  // The next kLineBatch descriptors as peek_fill_batch() and pop_batch() take them: true when
+  // they fill one line and each is available, single, inside guest memory, with a distinct id
+  // that is below the size and not outstanding, and has WRITE as `write_flag` (kVringDescFWrite
+  // or 0) where the ring tells (write_mask_).
+  bool read_line(LineBatch& batch, std::uint16_t write_flag) noexcept;
   void publish_avail_event() noexcept;
   void write_device_flags(std::uint16_t flags) noexcept;
   void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
@@ -362,6 +373,37 @@ class PackedQueue {
   RingError error_ = RingError::none;
   RingStats stats_;
 };
+
+// Inline: a burst of TX chains is released one push at a time.
+inline void PackedQueue::push_used(std::uint16_t id, std::uint32_t len) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0)) return;
+  if (VHOSTD_UNLIKELY(id >= size_ || chain_slots_[id] == 0)) {
+    fail(RingError::used_id_out_of_range);
+    return;
+  }
+  const std::uint16_t slots = chain_slots_[id];
+  const std::uint16_t start = chain_start_[id];
+  const std::uint8_t writable = chain_writable_[id];
+  chain_slots_[id] = 0;
+  if (in_order_ && shadow_count_ != 0) {
+    // IN_ORDER (see set_in_order()): the chain joins the run staged last when that run starts
+    // at the slot its used descriptor goes to, ends with a read-only chain used with len 0, and
+    // this chain starts where it ends. The run's slots never exceed the slots in flight (at
+    // most size_), so they fit 16 bits.
+    UsedElem& run = shadow_used_[shadow_count_ - 1];
+    const std::uint32_t run_at = advance(used_pos_, shadow_slots_ - run.slots);
+    if (run.len == 0 && run.writable == 0 && run.start == run_at && start == advance(run_at, run.slots)) {
+      run = UsedElem{id, static_cast<std::uint16_t>(run.slots + slots), len, run.start, writable};
+      shadow_slots_ += slots;
+      return;
+    }
+  }
+  // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot fill;
+  // publish rather than overflow should that ever be wrong.
+  if (VHOSTD_UNLIKELY(shadow_count_ == size_)) flush_used();
+  shadow_used_[shadow_count_++] = UsedElem{id, slots, len, start, writable};
+  shadow_slots_ += slots;
+}
 
 // What a device's data path needs from a ring, whichever its layout: write a device once as a
 // template over this and instantiate it for SplitQueue and PackedQueue.

@@ -234,9 +234,9 @@ class SplitQueue {
   // Back to the unconfigured state (error cleared, counters kept).
   void reset() noexcept;
 
-  // No batched fill on split rings (see PackedQueue::kFillBatch): the descriptors of a batch
+  // No batched fill on split rings (see PackedQueue::kLineBatch): the descriptors of a batch
   // are not in one line, and the used ring is already written once per flush_used().
-  static constexpr std::uint32_t kFillBatch = 0;
+  static constexpr std::uint32_t kLineBatch = 0;
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
