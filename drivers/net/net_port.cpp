@@ -515,7 +515,12 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
     const ChainSegment* first = chain.segments.data();
     if (VHOSTD_LIKELY(first->len >= header_len + kEthHeaderLen)) {
       // Common case: header and Ethernet header in the first buffer.
-      std::memcpy(&packet.header, first->host, header_len);
+      // Constant sizes: two fixed moves rather than a copy of a length known only at run time.
+      if (header_len == kNetHeaderLen) {
+        std::memcpy(&packet.header, first->host, kNetHeaderLen);
+      } else {
+        std::memcpy(&packet.header, first->host, kNetLegacyHeaderLen);
+      }
       std::memcpy(packet.eth.data(), first->host + header_len, kEthHeaderLen);
       packet.data_segment = 0;
       packet.data_offset = header_len;
