@@ -551,7 +551,7 @@ void NetPort::release(std::uint16_t pair, PacketBurst& burst) noexcept {
   VringState* state = ring(tx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return;
   state->visit([&](auto& queue) noexcept {
-    for (std::uint16_t i = 0; i < burst.num_heads_; ++i) queue.push_used(burst.heads_[i], 0);
+    queue.push_used_burst(burst.heads_.data(), burst.num_heads_, 0);
     queue.flush_used();
     queue.notify();
   });

@@ -239,7 +239,11 @@ class PackedQueue {
   void rewind(std::uint16_t n) noexcept;
   // Stages a used element for the chain whose buffer id is `id`, `len` bytes written; visible
   // to the guest after flush_used(). An id that is not outstanding is used_id_out_of_range.
-  void push_used(std::uint16_t id, std::uint32_t len) noexcept;
+  void push_used(std::uint16_t id, std::uint32_t len) noexcept { push_used_burst(&id, 1, len); }
+  // push_used() of ids[0..n) in that order, each with `len` bytes written (a burst of guest TX
+  // chains released at once); stops at an id that is not outstanding (the ring is then in
+  // error).
+  void push_used_burst(const std::uint16_t* ids, std::uint32_t n, std::uint32_t len) noexcept;
   // Writes the staged used descriptors, the batch becoming visible at once (and logs them when
   // LOG is set).
   void flush_used() noexcept;
@@ -374,35 +378,67 @@ class PackedQueue {
   RingStats stats_;
 };
 
-// Inline: a burst of TX chains is released one push at a time.
-inline void PackedQueue::push_used(std::uint16_t id, std::uint32_t len) noexcept {
+// Inline: a push is a few loads and stores; the ring's fields are read once into locals (the
+// stores into the per-id arrays and the shadow may alias them as far as the compiler knows).
+inline void PackedQueue::push_used_burst(const std::uint16_t* ids, std::uint32_t n, std::uint32_t len) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || size_ == 0)) return;
-  if (VHOSTD_UNLIKELY(id >= size_ || chain_slots_[id] == 0)) {
-    fail(RingError::used_id_out_of_range);
-    return;
-  }
-  const std::uint16_t slots = chain_slots_[id];
-  const std::uint16_t start = chain_start_[id];
-  const std::uint8_t writable = chain_writable_[id];
-  chain_slots_[id] = 0;
-  if (in_order_ && shadow_count_ != 0) {
-    // IN_ORDER (see set_in_order()): the chain joins the run staged last when that run starts
-    // at the slot its used descriptor goes to, ends with a read-only chain used with len 0, and
+  const std::uint32_t size = size_;
+  const bool in_order = in_order_;
+  std::uint16_t* const outstanding = chain_slots_.data();
+  const std::uint16_t* const start_of = chain_start_.data();
+  const std::uint8_t* const writable_of = chain_writable_.data();
+  UsedElem* const shadow = shadow_used_.data();
+  std::uint32_t count = shadow_count_;
+  std::uint32_t staged = shadow_slots_;
+  auto advance_by = [size](std::uint32_t pos, std::uint32_t k) noexcept {
+    pos += k;  // k <= size
+    return pos >= 2 * size ? pos - 2 * size : pos;
+  };
+  // The element staged last, kept in locals while the burst extends it (stored back before a
+  // new element starts and at the end); where its used descriptor goes, and where the next
+  // element's would.
+  UsedElem last = count != 0 ? shadow[count - 1] : UsedElem{};
+  std::uint32_t last_at = count != 0 ? advance_by(used_pos_, staged - last.slots) : 0;
+  std::uint32_t next_at = advance_by(used_pos_, staged);
+  bool unknown = false;  // an id that is not outstanding: stop there
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint16_t id = ids[i];
+    if (VHOSTD_UNLIKELY(id >= size || outstanding[id] == 0)) {
+      unknown = true;
+      break;
+    }
+    const std::uint16_t slots = outstanding[id];
+    const std::uint16_t start = start_of[id];
+    const std::uint8_t writable = writable_of[id];
+    outstanding[id] = 0;
+    // IN_ORDER (see set_in_order()): the chain joins the run staged last when that run starts at
+    // the slot its used descriptor goes to, ends with a read-only chain used with len 0, and
     // this chain starts where it ends. The run's slots never exceed the slots in flight (at
     // most size_), so they fit 16 bits.
-    UsedElem& run = shadow_used_[shadow_count_ - 1];
-    const std::uint32_t run_at = advance(used_pos_, shadow_slots_ - run.slots);
-    if (run.len == 0 && run.writable == 0 && run.start == run_at && start == advance(run_at, run.slots)) {
-      run = UsedElem{id, static_cast<std::uint16_t>(run.slots + slots), len, run.start, writable};
-      shadow_slots_ += slots;
-      return;
+    if (in_order && count != 0 && last.len == 0 && last.writable == 0 && last.start == last_at && start == next_at) {
+      last = UsedElem{id, static_cast<std::uint16_t>(last.slots + slots), len, last.start, writable};
+    } else {
+      if (count != 0) shadow[count - 1] = last;
+      // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot
+      // fill; publish rather than overflow should that ever be wrong.
+      if (VHOSTD_UNLIKELY(count == size)) {
+        shadow_count_ = count;
+        shadow_slots_ = staged;
+        flush_used();  // used_pos_ becomes next_at
+        count = 0;
+        staged = 0;
+      }
+      ++count;
+      last = UsedElem{id, slots, len, start, writable};
+      last_at = next_at;
     }
+    staged += slots;
+    next_at = advance_by(next_at, slots);
   }
-  // Staged slots never exceed the slots in flight (at most size_), so the shadow cannot fill;
-  // publish rather than overflow should that ever be wrong.
-  if (VHOSTD_UNLIKELY(shadow_count_ == size_)) flush_used();
-  shadow_used_[shadow_count_++] = UsedElem{id, slots, len, start, writable};
-  shadow_slots_ += slots;
+  if (count != 0) shadow[count - 1] = last;
+  shadow_count_ = count;
+  shadow_slots_ = staged;
+  if (VHOSTD_UNLIKELY(unknown)) fail(RingError::used_id_out_of_range);
 }
 
 // What a device's data path needs from a ring, whichever its layout: write a device once as a
@@ -415,6 +451,7 @@ concept DataPathQueue = requires(Q& q, const Q& cq, DescriptorChain& chain, std:
   { cq.prefetch_buffers(id, len, len) } noexcept;
   { q.rewind(id) } noexcept;
   { q.push_used(id, len) } noexcept;
+  { q.push_used_burst(&id, len, len) } noexcept;
   { q.flush_used() } noexcept;
   { q.notify() } noexcept -> std::same_as<bool>;
   { q.disable_notifications() } noexcept;

@@ -290,6 +290,10 @@ class SplitQueue {
   }
   // Stages a used element; visible to the guest after flush_used().
   void push_used(std::uint16_t head, std::uint32_t len) noexcept;
+  // push_used() of heads[0..n) in that order, each with `len` bytes written.
+  void push_used_burst(const std::uint16_t* heads, std::uint32_t n, std::uint32_t len) noexcept {
+    for (std::uint32_t i = 0; i < n; ++i) push_used(heads[i], len);
+  }
   // Publishes staged used elements and the used index (and logs them when LOG is set).
   void flush_used() noexcept;
   // After flush_used(): signals the call fd if the guest asked for it (EVENT_IDX used_event or
