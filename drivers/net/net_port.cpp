@@ -85,34 +85,77 @@ void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHe
   table.mark_dirty(dst.gpa, header_len + packet.len);
 }
 
-// Queue::kLineBatch packets into one batch of RX buffers (PackedQueue::peek_fill_batch), each
-// packet whole in its buffer: returns the frame bytes delivered, or 0 having taken nothing when
-// a packet needs more than the plain copy (offload metadata, a frame over several segments, a
-// buffer too small) or the ring offers no batch.
-template <DataPathQueue Queue>
-std::uint64_t transmit_batch(Queue& queue, Packet* const* packets, std::uint32_t header_len,
-                             const MemoryTable& table) noexcept {
-  constexpr std::uint32_t kBatch = Queue::kLineBatch;
-  for (std::uint32_t k = 0; k < kBatch; ++k) {
+// Whether packets[0..n) take the plain copy into one buffer each: no offload metadata, the
+// frame in one source segment.
+bool plain_packets(Packet* const* packets, std::uint32_t n) noexcept {
+  for (std::uint32_t k = 0; k < n; ++k) {
     const Packet& packet = *packets[k];
-    if ((packet.header.flags | packet.header.gso_type) != 0 || !in_one_segment(packet)) return 0;
+    if ((packet.header.flags | packet.header.gso_type) != 0 || !in_one_segment(packet)) return false;
   }
-  typename Queue::LineBatch batch;
-  if (!queue.peek_fill_batch(batch)) return 0;
-  std::array<std::uint32_t, kBatch> written;
-  for (std::uint32_t k = 0; k < kBatch; ++k) {
+  return true;
+}
+
+// Asks for the lines of a line batch's buffers that transmit_line() touches: the virtio-net
+// header's for reading (it is compared first, see write_unless_equal), up to `frame_bytes` of
+// the frame's for writing.
+template <typename LineBatch>
+void prefetch_line_buffers(const LineBatch& batch, std::uint32_t header_len, std::uint32_t frame_bytes) noexcept {
+  for (const ChainSegment& buffer : batch.buffers) {
+    const std::uint32_t read = std::min(header_len, buffer.len);
+    prefetch_bytes_read_then_write(buffer.host, read, std::min(frame_bytes, buffer.len - read));
+  }
+}
+
+// Writes packets[0..kLineBatch) into the RX buffers of `batch` (PackedQueue::peek_fill_batch),
+// each packet whole in its buffer, and commits the batch: returns the frame bytes delivered,
+// or 0 having written and taken nothing when a packet needs more than the plain copy (see
+// plain_packets) or does not fit its buffer.
+template <DataPathQueue Queue>
+std::uint64_t transmit_line(Queue& queue, const typename Queue::LineBatch& batch, Packet* const* packets,
+                            std::uint32_t header_len, const MemoryTable& table) noexcept {
+  constexpr std::uint32_t kLine = Queue::kLineBatch;
+  if (!plain_packets(packets, kLine)) return 0;
+  std::array<std::uint32_t, kLine> written;
+  for (std::uint32_t k = 0; k < kLine; ++k) {
     written[k] = header_len + packets[k]->len;
     if (batch.buffers[k].len < written[k]) return 0;
   }
   VirtioNetHeader header{};  // no offload; one buffer per packet
   header.num_buffers = 1;
   std::uint64_t bytes = 0;
-  for (std::uint32_t k = 0; k < kBatch; ++k) {
+  for (std::uint32_t k = 0; k < kLine; ++k) {
     copy_whole(batch.buffers[k], *packets[k], header, header_len, table);
     bytes += packets[k]->len;
   }
   queue.commit_fill_batch(batch, written);
   return bytes;
+}
+
+// As many whole ring lines of packets[0..n) as the RX ring takes as line batches, each line
+// read one ahead so that its buffers' lines are on their way while the line before is written
+// (the guest's core wrote them last). Returns how many packets it delivered (a multiple of
+// kLineBatch, 0 when the first line is refused) and adds their frame bytes to `bytes`.
+template <DataPathQueue Queue>
+std::uint32_t transmit_lines(Queue& queue, Packet* const* packets, std::uint32_t n, std::uint32_t header_len,
+                             const MemoryTable& table, std::uint64_t& bytes) noexcept {
+  constexpr std::uint32_t kLine = Queue::kLineBatch;
+  const std::uint32_t frame_bytes = std::min<std::uint32_t>(packets[0]->len, kPacketPrefetchBytes);
+  std::array<typename Queue::LineBatch, 2> lines;
+  std::uint32_t current = 0;
+  if (!plain_packets(packets, kLine) || !queue.peek_fill_batch(lines[current])) return 0;
+  prefetch_line_buffers(lines[current], header_len, frame_bytes);
+  std::uint32_t done = 0;
+  for (;;) {
+    const bool ahead = n - done >= 2 * kLine && queue.peek_fill_batch(lines[current ^ 1], true);
+    if (ahead) prefetch_line_buffers(lines[current ^ 1], header_len, frame_bytes);
+    const std::uint64_t line_bytes = transmit_line(queue, lines[current], packets + done, header_len, table);
+    if (line_bytes == 0) break;
+    bytes += line_bytes;
+    done += kLine;
+    if (!ahead) break;
+    current ^= 1;
+  }
+  return done;
 }
 
 // A read position in a chain's readable segments.
@@ -590,7 +633,8 @@ std::uint16_t NetPort::transmit_into(Queue& queue, std::uint16_t pair, Packet* c
   // The receiving guest's buffers are lines its core touched last: have them all on their way
   // before the first copy. The header is only compared (write_unless_equal): its line is asked
   // for reading, so where it holds nothing else it stays in the guest's cache.
-  if (VHOSTD_LIKELY(n != 0)) {
+  // Rings with line batches read their lines one ahead instead (transmit_lines).
+  if (Queue::kLineBatch == 0 && VHOSTD_LIKELY(n != 0)) {
     queue.prefetch_buffers(n, header_len, std::min<std::uint32_t>(packets[0]->len, kPacketPrefetchBytes));
   }
   const std::uint16_t done = mergeable ? transmit_burst<true>(queue, pair, packets, n, header_len, features)
@@ -648,14 +692,13 @@ std::uint16_t NetPort::transmit_burst(Queue& queue, std::uint16_t pair, Packet* 
 
   for (; i < n; ++i) {
     if constexpr (Queue::kLineBatch != 0) {
-      // A ring line of RX buffers for the next packets at once (PackedQueue::peek_fill_batch);
-      // anything the batch does not cover goes through the per-packet path below.
+      // Ring lines of RX buffers for the next packets, a line at a time (PackedQueue::
+      // peek_fill_batch); anything the lines do not cover goes through the per-packet path below.
       if (static_cast<std::uint32_t>(n - i) >= Queue::kLineBatch) {
-        const std::uint64_t batch_bytes = transmit_batch(queue, packets + i, header_len, *table);
-        if (batch_bytes != 0) {
-          delivered += Queue::kLineBatch;
-          bytes += batch_bytes;
-          i += Queue::kLineBatch - 1;
+        const std::uint32_t lined = transmit_lines(queue, packets + i, n - i, header_len, *table, bytes);
+        if (lined != 0) {
+          delivered += lined;
+          i = static_cast<std::uint16_t>(i + lined - 1);
           continue;
         }
       }

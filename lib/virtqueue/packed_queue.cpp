@@ -284,17 +284,19 @@ void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, st
 
 static_assert(PackedQueue::kLineBatch == 4, "read_line() compares the ids of four descriptors");
 
-bool PackedQueue::read_line(LineBatch& batch, std::uint16_t write_flag) noexcept {
+bool PackedQueue::read_line(LineBatch& batch, std::uint16_t write_flag, std::uint32_t ahead) noexcept {
   if (VHOSTD_UNLIKELY(error_ != RingError::none || table_ == nullptr)) return false;
   const std::uint32_t size = size_;
-  const std::uint32_t slot = slot_of(avail_pos_);
-  if ((slot & (kLineBatch - 1)) != 0 || slot + kLineBatch > size || in_flight() + kLineBatch > size) return false;
+  if (in_flight() + ahead + kLineBatch > size) return false;
+  const std::uint32_t pos = advance(avail_pos_, ahead);
+  const std::uint32_t slot = slot_of(pos);
+  if ((slot & (kLineBatch - 1)) != 0 || slot + kLineBatch > size) return false;
   PackedDesc* line = desc_ + slot;
   // Under `mask` every descriptor's flags must read `want`: AVAIL/USED as the driver sets them
   // to make a descriptor available in this lap, no NEXT, no INDIRECT, WRITE as asked.
   const auto mask = static_cast<std::uint16_t>(kPackedDescFAvail | kPackedDescFUsed | kVringDescFNext |
                                                kVringDescFIndirect | write_mask_);
-  const auto want = static_cast<std::uint16_t>(packed_avail_flags(wrap_of(avail_pos_)) | (write_flag & write_mask_));
+  const auto want = static_cast<std::uint16_t>(packed_avail_flags(wrap_of(pos)) | (write_flag & write_mask_));
   std::array<std::uint16_t, kLineBatch> flags;
   std::uint16_t mismatch = 0;
 #pragma GCC unroll 4
@@ -329,17 +331,18 @@ bool PackedQueue::read_line(LineBatch& batch, std::uint16_t write_flag) noexcept
     batch.ids[k] = d[k].id;
   }
   desc_hint_ = hint;
+  batch.pos = pos;
   return true;
 }
 
-bool PackedQueue::peek_fill_batch(LineBatch& batch) noexcept {
+bool PackedQueue::peek_fill_batch(LineBatch& batch, bool next_line) noexcept {
   // A readable-only ring has no buffer the device may write.
-  return write_mask_ != 0 && read_line(batch, kVringDescFWrite);
+  return write_mask_ != 0 && read_line(batch, kVringDescFWrite, next_line ? kLineBatch : 0);
 }
 
 bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
   LineBatch line;
-  if (!read_line(line, 0)) return false;
+  if (!read_line(line, 0, 0)) return false;
   for (std::uint32_t k = 0; k < kLineBatch; ++k) {
     const std::uint16_t id = line.ids[k];
     DescriptorChain& chain = chains[k];
@@ -366,7 +369,7 @@ bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
 
 void PackedQueue::commit_fill_batch(const LineBatch& batch,
                                     const std::array<std::uint32_t, kLineBatch>& written) noexcept {
-  if (VHOSTD_UNLIKELY(error_ != RingError::none || desc_ == nullptr)) return;
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || desc_ == nullptr || batch.pos != avail_pos_)) return;
   flush_used();  // what was used before the batch is published before it
   // The next used slots: the batch's own line when nothing else is outstanding (the usual
   // case), else earlier slots the device already read (used descriptors go in completion order).

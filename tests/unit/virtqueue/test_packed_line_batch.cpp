@@ -258,6 +258,73 @@ TEST(PackedFillBatch, EventIdxNamesThePositionAfterTheBatch) {
       << "the driver's kick decision sees the device's new avail position";
 }
 
+TEST(PackedFillBatch, TheNextLineIsReadAheadAndCommittedAfterTheFirst) {
+  PackedHarness h(8);
+  const auto first = add_buffers(h, 4);
+  PackedQueue::LineBatch now, ahead;
+  ASSERT_GT(h.queue.poll(), 0);
+  EXPECT_FALSE(h.queue.peek_fill_batch(ahead, true)) << "the next line is not available yet";
+  const auto second = add_buffers(h, 4);  // slots 4-7: the ring is full
+  ASSERT_TRUE(h.queue.peek_fill_batch(now));
+  ASSERT_TRUE(h.queue.peek_fill_batch(ahead, true));
+  EXPECT_EQ(ahead.ids[0], second[0]);
+  EXPECT_EQ(ahead.buffers[3].gpa, h.ring->desc(7).addr);
+  const QueueState before = state_of(h.queue);
+  h.queue.commit_fill_batch(ahead, {1, 1, 1, 1});
+  EXPECT_EQ(state_of(h.queue), before) << "a line read ahead is not committed before the line before it";
+  EXPECT_FALSE(h.ring->has_used());
+  h.queue.commit_fill_batch(now, {1, 2, 3, 4});
+  h.queue.commit_fill_batch(ahead, {5, 6, 7, 8});
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    const auto used = h.ring->pop_used();
+    ASSERT_TRUE(used.has_value()) << i;
+    EXPECT_EQ(used->id, i < 4 ? first[i] : second[i - 4]);
+    EXPECT_EQ(used->len, i + 1);
+    EXPECT_EQ(used->slot, i);
+  }
+  // Read ahead across the wrap: slots 4-7, then slots 0-3 of the next lap (the driver's wrap
+  // counter flipped there).
+  add_buffers(h, 4);  // slots 0-3 of lap 2
+  ASSERT_GT(h.queue.poll(), 0);
+  ASSERT_TRUE(h.queue.peek_fill_batch(now));
+  h.queue.commit_fill_batch(now, {1, 1, 1, 1});
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(h.ring->pop_used().has_value());
+  const auto before_wrap = add_buffers(h, 4);  // slots 4-7 of lap 2
+  const auto after_wrap = add_buffers(h, 4);   // slots 0-3 of lap 3
+  ASSERT_GT(h.queue.poll(), 0);
+  ASSERT_TRUE(h.queue.peek_fill_batch(now));
+  ASSERT_TRUE(h.queue.peek_fill_batch(ahead, true));
+  EXPECT_EQ(ahead.ids[0], after_wrap[0]);
+  h.queue.commit_fill_batch(now, {2, 2, 2, 2});
+  h.queue.commit_fill_batch(ahead, {3, 3, 3, 3});
+  for (std::uint32_t i = 0; i < 8; ++i) {
+    const auto used = h.ring->pop_used();
+    ASSERT_TRUE(used.has_value()) << i;
+    EXPECT_TRUE(used->known);
+    EXPECT_EQ(used->id, i < 4 ? before_wrap[i] : after_wrap[i - 4]);
+    EXPECT_EQ(used->slot, (4 + i) % 8);
+    EXPECT_EQ(used->len, i < 4 ? 2u : 3u);
+  }
+  EXPECT_EQ(h.queue.in_flight(), 0u);
+}
+
+TEST(PackedFillBatch, ALineReadAheadIsStaleOnceThePositionMoves) {
+  PackedHarness h(16);
+  add_buffers(h, 8);
+  ASSERT_GT(h.queue.poll(), 0);
+  PackedQueue::LineBatch now, ahead;
+  ASSERT_TRUE(h.queue.peek_fill_batch(now));
+  ASSERT_TRUE(h.queue.peek_fill_batch(ahead, true));
+  DescriptorChain chain;
+  ASSERT_TRUE(h.queue.pop(chain));  // the per-packet path took slot 0 instead
+  const QueueState before = state_of(h.queue);
+  h.queue.commit_fill_batch(now, {1, 1, 1, 1});
+  h.queue.commit_fill_batch(ahead, {1, 1, 1, 1});
+  EXPECT_EQ(state_of(h.queue), before) << "neither batch names the current position";
+  EXPECT_FALSE(h.ring->has_used());
+  EXPECT_FALSE(h.queue.in_error());
+}
+
 // ---- dirty log ----
 
 struct FillLoggingHarness : PackedHarness {

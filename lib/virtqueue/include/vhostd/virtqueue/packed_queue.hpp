@@ -162,6 +162,7 @@ class PackedQueue {
   struct LineBatch {
     std::array<ChainSegment, kLineBatch> buffers;  // host, gpa and length of each buffer
     std::array<std::uint16_t, kLineBatch> ids;
+    std::uint32_t pos;  // the ring position of the line's first descriptor
   };
   // Reads the next kLineBatch descriptors and returns true when every one is an available
   // single (no NEXT, no INDIRECT) writable descriptor inside guest memory, with a buffer id
@@ -170,11 +171,15 @@ class PackedQueue {
   // the same lap (one line when the ring is 64-byte aligned, as DPDK's and Linux's are). Takes
   // nothing: on false pop() handles these descriptors one by one and judges them (a hostile
   // one puts the ring in error there).
-  bool peek_fill_batch(LineBatch& batch) noexcept;
-  // Takes the buffers the last peek_fill_batch() returned (no other call on the queue in
-  // between) and publishes each as used with written[k] bytes: staged elements first
-  // (flush_used()), then the batch at the next used slots, ids and lengths before one release
-  // fence, flags after it. The caller notifies as after flush_used().
+  // `next_line`: the line after those, read ahead while they are not committed yet (the caller
+  // prefetches its buffers while it writes the first line's), under the same conditions.
+  bool peek_fill_batch(LineBatch& batch, bool next_line = false) noexcept;
+  // Takes the buffers of a batch peek_fill_batch() returned for the line at the current avail
+  // position (the first line; a line read ahead once the one before it is committed) and
+  // publishes each as used with written[k] bytes: staged elements first (flush_used()), then
+  // the batch at the next used slots, ids and lengths before one release fence, flags after
+  // it. A batch for another position (the queue moved since, through pop() or rewind()) is
+  // ignored. The caller notifies as after flush_used().
   void commit_fill_batch(const LineBatch& batch, const std::array<std::uint32_t, kLineBatch>& written) noexcept;
   // The same line read for a ring the device reads (a net TX ring): pops the next kLineBatch
   // chains at once when every one is an available single descriptor the device reads (no
@@ -315,7 +320,8 @@ class PackedQueue {
   // they fill one line and each is available, single, inside guest memory, with a distinct id
   // that is below the size and not outstanding, and has WRITE as `write_flag` (kVringDescFWrite
   // or 0) where the ring tells (write_mask_).
-  bool read_line(LineBatch& batch, std::uint16_t write_flag) noexcept;
+  // `ahead`: 0 for the line at the avail position, kLineBatch for the one after it.
+  bool read_line(LineBatch& batch, std::uint16_t write_flag, std::uint32_t ahead) noexcept;
   void publish_avail_event() noexcept;
   void write_device_flags(std::uint16_t flags) noexcept;
   void log_write(std::uint64_t gpa, std::uint64_t len) noexcept;
