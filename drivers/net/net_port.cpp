@@ -622,8 +622,14 @@ std::uint16_t NetPort::transmit(std::uint16_t pair, Packet* const* packets, std:
 template <DataPathQueue Queue>
 std::uint16_t NetPort::transmit_into(Queue& queue, std::uint16_t pair, Packet* const* packets,
                                      std::uint16_t n) noexcept {
-  // Buffers seen at the last look may be enough for this burst (one per packet at least).
-  if (queue.poll_cached() < n && queue.poll() == 0) return 0;
+  if constexpr (Queue::kLineBatch != 0) {
+    // A packed ring's poll() walks its descriptors, which the line reads and pop() read again:
+    // only make sure one is there (poll_cached() also picks up the current memory table).
+    if (queue.poll_cached() == 0 && queue.idle()) return 0;
+  } else {
+    // Buffers seen at the last look may be enough for this burst (one per packet at least).
+    if (queue.poll_cached() < n && queue.poll() == 0) return 0;
+  }
   const std::uint64_t features = acked_features_.load(std::memory_order_relaxed);
   const std::uint32_t header_len = header_len_for(features);
   const bool mergeable = (features & kNetFMrgRxbuf) != 0;
