@@ -354,7 +354,7 @@ bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
     chain.writable_bytes = 0;
     // finish_pop()'s bookkeeping, for four one-slot chains.
     chain_slots_[id] = 1;
-    chain_start_[id] = static_cast<std::uint16_t>(advance(avail_pos_, k));
+    chain_start_[id] = static_cast<std::uint16_t>(line.pos + k);  // the line lies in one lap
     chain_writable_[id] = 0;
     pop_history_[pop_head_] = id;
     pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
@@ -376,28 +376,38 @@ void PackedQueue::commit_fill_batch(const LineBatch& batch,
   // Written here rather than staged for flush_used(): staging the four and flushing them
   // measured a little slower on the two-port forward (perf/README.md).
   const std::uint32_t first = used_pos_;
-  std::uint32_t pos = first;
+  std::array<PackedDesc*, kLineBatch> at;
+  std::array<std::uint16_t, kLineBatch> used_flags;
+  if (VHOSTD_LIKELY(first == batch.pos)) {
+    // Nothing else outstanding: the line just read, which lies in one lap (read_line()).
+    PackedDesc* line = desc_ + slot_of(first);
+    const std::uint16_t used = packed_used_flags(wrap_of(first));
+    for (std::uint32_t k = 0; k < kLineBatch; ++k) {
+      at[k] = line + k;
+      used_flags[k] = used;
+    }
+  } else {
+    for (std::uint32_t k = 0, pos = first; k < kLineBatch; ++k, pos = advance(pos, 1)) {
+      at[k] = desc_ + slot_of(pos);
+      used_flags[k] = packed_used_flags(wrap_of(pos));
+    }
+  }
   for (std::uint32_t k = 0; k < kLineBatch; ++k) {
-    PackedDesc& d = desc_[slot_of(pos)];
-    d.id = batch.ids[k];
-    d.len = written[k];
-    pos = advance(pos, 1);
+    at[k]->id = batch.ids[k];
+    at[k]->len = written[k];
   }
   // Release: every id and len above is visible before any of the flags below; the driver reads
   // a descriptor's fields only after seeing its flags say used.
   std::atomic_thread_fence(std::memory_order_release);
-  pos = first;
   for (std::uint32_t k = 0; k < kLineBatch; ++k) {
-    const auto flags =
-        static_cast<std::uint16_t>(packed_used_flags(wrap_of(pos)) | (written[k] != 0 ? kVringDescFWrite : 0));
     // Relaxed: ordered after the ids and lengths by the fence above.
-    flags_of(desc_[slot_of(pos)]).store(flags, std::memory_order_relaxed);
-    pos = advance(pos, 1);
+    flags_of(*at[k]).store(static_cast<std::uint16_t>(used_flags[k] | (written[k] != 0 ? kVringDescFWrite : 0)),
+                           std::memory_order_relaxed);
   }
   if (VHOSTD_UNLIKELY(logging_used())) {
     for (std::uint32_t k = 0, at = first; k < kLineBatch; ++k, at = advance(at, 1)) log_used_desc(at);
   }
-  used_pos_ = pos;
+  used_pos_ = advance(first, kLineBatch);
   used_slots_ += kLineBatch;
   avail_pos_ = advance(avail_pos_, kLineBatch);
   avail_counted_ = avail_counted_ > kLineBatch ? avail_counted_ - kLineBatch : 0;

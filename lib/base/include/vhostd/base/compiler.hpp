@@ -61,6 +61,7 @@ inline void for_each_prefetch_line(const void* p, std::size_t read_len, std::siz
   const std::uintptr_t end = start + read_len + write_len;
   const std::uintptr_t first_written = write_len == 0 ? end : (start + read_len) & ~(kCacheLine - 1);
   const std::uintptr_t stop = end < first + kPrefetchMaxLines * kCacheLine ? end : first + kPrefetchMaxLines * kCacheLine;
+#pragma GCC unroll 3
   for (std::uintptr_t line = first; line < stop; line += kCacheLine) {
     prefetch(reinterpret_cast<const char*>(line), line >= first_written);
   }
