@@ -106,15 +106,14 @@ void prefetch_line_buffers(const LineBatch& batch, std::uint32_t header_len, std
   }
 }
 
-// Writes packets[0..kLineBatch) into the RX buffers of `batch` (PackedQueue::peek_fill_batch),
-// each packet whole in its buffer, and commits the batch: returns the frame bytes delivered,
-// or 0 having written and taken nothing when a packet needs more than the plain copy (see
-// plain_packets) or does not fit its buffer.
+// Writes packets[0..kLineBatch), plain ones (plain_packets, checked by the caller), into the RX
+// buffers of `batch` (PackedQueue::peek_fill_batch), each packet whole in its buffer, and
+// commits the batch: returns the frame bytes delivered, or 0 having written and taken nothing
+// when a packet does not fit its buffer.
 template <DataPathQueue Queue>
 std::uint64_t transmit_line(Queue& queue, const typename Queue::LineBatch& batch, Packet* const* packets,
                             std::uint32_t header_len, const MemoryTable& table) noexcept {
   constexpr std::uint32_t kLine = Queue::kLineBatch;
-  if (!plain_packets(packets, kLine)) return 0;
   std::array<std::uint32_t, kLine> written;
   for (std::uint32_t k = 0; k < kLine; ++k) {
     written[k] = header_len + packets[k]->len;
@@ -131,7 +130,8 @@ std::uint64_t transmit_line(Queue& queue, const typename Queue::LineBatch& batch
   return bytes;
 }
 
-// As many whole ring lines of packets[0..n) as the RX ring takes as line batches, each line
+// As many whole ring lines of packets[0..n) as the RX ring takes as line batches (plain packets
+// only: each line's are checked before the line is read), each line
 // read one ahead so that its buffers' lines are on their way while the line before is written
 // (the guest's core wrote them last). Returns how many packets it delivered (a multiple of
 // kLineBatch, 0 when the first line is refused) and adds their frame bytes to `bytes`.
@@ -146,7 +146,9 @@ std::uint32_t transmit_lines(Queue& queue, Packet* const* packets, std::uint32_t
   prefetch_line_buffers(lines[current], header_len, frame_bytes);
   std::uint32_t done = 0;
   for (;;) {
-    const bool ahead = n - done >= 2 * kLine && queue.peek_fill_batch(lines[current ^ 1], true);
+    // The next line is read only for packets that can take it.
+    const bool ahead = n - done >= 2 * kLine && plain_packets(packets + done + kLine, kLine) &&
+                       queue.peek_fill_batch(lines[current ^ 1], true);
     if (ahead) prefetch_line_buffers(lines[current ^ 1], header_len, frame_bytes);
     const std::uint64_t line_bytes = transmit_line(queue, lines[current], packets + done, header_len, table);
     if (line_bytes == 0) break;
@@ -524,26 +526,25 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
   // Pass 1: pop the chains, prefetching each packet's first bytes. They are the burst's cache
   // misses (the guest's core wrote them); taken one after another they would be paid in
   // series, prefetched here they overlap.
+  auto took = [&](const DescriptorChain& chain) noexcept {
+    burst.heads_[burst.num_heads_++] = chain.head;
+    if (VHOSTD_LIKELY(chain.num_readable != 0)) {
+      prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
+    }
+  };
   while (burst.num_heads_ < burst.capacity_) {
     if constexpr (Queue::kLineBatch != 0) {
       // A ring line of single-descriptor chains at once (PackedQueue::pop_batch); anything else
       // goes through pop() below.
       if (static_cast<std::uint32_t>(burst.capacity_ - burst.num_heads_) >= Queue::kLineBatch &&
           queue.pop_batch(&burst.chains_[burst.num_heads_])) {
-        for (std::uint32_t k = 0; k < Queue::kLineBatch; ++k) {
-          const DescriptorChain& chain = burst.chains_[burst.num_heads_];
-          burst.heads_[burst.num_heads_++] = chain.head;
-          prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
-        }
+        for (std::uint32_t k = 0; k < Queue::kLineBatch; ++k) took(burst.chains_[burst.num_heads_]);
         continue;
       }
     }
     DescriptorChain& chain = burst.chains_[burst.num_heads_];
     if (!queue.pop(chain)) break;
-    burst.heads_[burst.num_heads_++] = chain.head;
-    if (VHOSTD_LIKELY(chain.num_readable != 0)) {
-      prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
-    }
+    took(chain);
   }
   // Pass 2: the headers.
   for (std::uint16_t c = 0; c < burst.num_heads_; ++c) {

@@ -65,6 +65,16 @@ PackedDesc read_desc(const PackedDesc* src, std::uint16_t flags) noexcept {
 
 std::atomic_ref<std::uint16_t> flags_of(PackedDesc& desc) noexcept { return std::atomic_ref<std::uint16_t>(desc.flags); }
 
+// `chain` as one buffer, the whole chain: what pop() and pop_batch() give for a single descriptor.
+void set_single_buffer(DescriptorChain& chain, const ChainSegment& buffer, std::uint16_t id, bool writable) noexcept {
+  chain.segments[0] = buffer;
+  chain.head = id;
+  chain.num_readable = writable ? 0 : 1;
+  chain.num_writable = writable ? 1 : 0;
+  chain.readable_bytes = writable ? 0 : buffer.len;
+  chain.writable_bytes = writable ? buffer.len : 0;
+}
+
 bool aligned(const void* p, std::uintptr_t alignment) noexcept {
   return (reinterpret_cast<std::uintptr_t>(p) & (alignment - 1)) == 0;
 }
@@ -282,6 +292,27 @@ void PackedQueue::prefetch_buffers(std::uint16_t n, std::uint32_t read_bytes, st
   }
 }
 
+// Inline: once per chain popped.
+inline void PackedQueue::record_outstanding(std::uint16_t id, std::uint32_t slots, std::uint32_t start, bool writable) noexcept {
+  chain_slots_[id] = static_cast<std::uint16_t>(slots);
+  chain_start_[id] = static_cast<std::uint16_t>(start);
+  chain_writable_[id] = writable ? 1 : 0;
+  pop_history_[pop_head_] = id;
+  pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
+}
+
+inline void PackedQueue::take_chain(std::uint16_t id, std::uint32_t slots, bool writable) noexcept {
+  record_outstanding(id, slots, avail_pos_, writable);
+  if (rewindable_ < size_) ++rewindable_;
+  avail_pos_ = advance(avail_pos_, slots);
+  if (avail_counted_ != 0) --avail_counted_;
+}
+
+inline void PackedQueue::chains_taken(std::uint32_t n) noexcept {
+  stats_.add(stats_.requests, n);
+  if (event_idx_ && notifications_enabled_) publish_avail_event();
+}
+
 static_assert(PackedQueue::kLineBatch == 4, "read_line() compares the ids of four descriptors");
 
 bool PackedQueue::read_line(LineBatch& batch, std::uint16_t write_flag, std::uint32_t ahead) noexcept {
@@ -344,26 +375,14 @@ bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
   LineBatch line;
   if (!read_line(line, 0, 0)) return false;
   for (std::uint32_t k = 0; k < kLineBatch; ++k) {
-    const std::uint16_t id = line.ids[k];
-    DescriptorChain& chain = chains[k];
-    chain.segments[0] = line.buffers[k];
-    chain.head = id;
-    chain.num_readable = 1;
-    chain.num_writable = 0;
-    chain.readable_bytes = line.buffers[k].len;
-    chain.writable_bytes = 0;
-    // finish_pop()'s bookkeeping, for four one-slot chains.
-    chain_slots_[id] = 1;
-    chain_start_[id] = static_cast<std::uint16_t>(line.pos + k);  // the line lies in one lap
-    chain_writable_[id] = 0;
-    pop_history_[pop_head_] = id;
-    pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
+    set_single_buffer(chains[k], line.buffers[k], line.ids[k], false);
+    record_outstanding(line.ids[k], 1, line.pos + k, false);  // the line lies in one lap
   }
+  // take_chain()'s position updates, once for the line.
   rewindable_ = std::min(rewindable_ + kLineBatch, size_);
   avail_pos_ = advance(avail_pos_, kLineBatch);
   avail_counted_ = avail_counted_ > kLineBatch ? avail_counted_ - kLineBatch : 0;
-  stats_.add(stats_.requests, kLineBatch);
-  if (event_idx_ && notifications_enabled_) publish_avail_event();
+  chains_taken(kLineBatch);
   return true;
 }
 
@@ -435,13 +454,9 @@ bool PackedQueue::pop(DescriptorChain& chain) noexcept {
     std::uint8_t* host = table_->translate_gpa(d.addr, d.len, desc_hint_);
     if (VHOSTD_LIKELY(host != nullptr)) {
       const bool writable = (head_flags & write_mask_) != 0;
-      chain.segments[0] = ChainSegment{host, d.addr, d.len};
-      chain.head = d.id;
-      chain.num_readable = writable ? 0 : 1;
-      chain.num_writable = writable ? 1 : 0;
-      chain.readable_bytes = writable ? 0 : d.len;
-      chain.writable_bytes = writable ? d.len : 0;
-      finish_pop(d.id, 1, writable);
+      set_single_buffer(chain, ChainSegment{host, d.addr, d.len}, d.id, writable);
+      take_chain(d.id, 1, writable);
+      chains_taken(1);
       return true;
     }
   }
@@ -515,22 +530,11 @@ bool PackedQueue::pop(DescriptorChain& chain) noexcept {
   chain.readable_bytes = static_cast<std::uint32_t>(readable_bytes);
   chain.writable_bytes = static_cast<std::uint32_t>(writable_bytes);
   // seen_writable: the last buffer's WRITE, so any buffer's (readable never follows).
-  finish_pop(d.id, slots, seen_writable);
+  take_chain(d.id, slots, seen_writable);
+  chains_taken(1);
   return true;
 }
 
-void PackedQueue::finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept {
-  chain_slots_[id] = static_cast<std::uint16_t>(slots);
-  chain_start_[id] = static_cast<std::uint16_t>(avail_pos_);
-  chain_writable_[id] = writable ? 1 : 0;
-  pop_history_[pop_head_] = id;
-  pop_head_ = pop_head_ + 1 == size_ ? 0 : pop_head_ + 1;
-  if (rewindable_ < size_) ++rewindable_;
-  avail_pos_ = advance(avail_pos_, slots);
-  if (avail_counted_ != 0) --avail_counted_;
-  stats_.add(stats_.requests, 1);
-  if (event_idx_ && notifications_enabled_) publish_avail_event();
-}
 
 void PackedQueue::publish_avail_event() noexcept {
   // Relaxed: a hint for the driver's kick decision; enable_notifications() fences before

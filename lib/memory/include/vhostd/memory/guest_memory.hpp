@@ -152,6 +152,8 @@ class MemoryTable {
  private:
   // Index of the region containing gpa, or -1.
   int find_gpa(std::uint64_t gpa, std::uint32_t& hint) const noexcept;
+  // The host address of [gpa, gpa+len) when the hinted region holds all of it, else nullptr.
+  std::uint8_t* translate_hinted(std::uint64_t gpa, std::uint64_t len, std::uint32_t hint) const noexcept;
   // translate_gpa() when the hinted region does not hold the whole range.
   std::uint8_t* translate_gpa_search(std::uint64_t gpa, std::uint64_t len, std::uint32_t& hint) const noexcept;
 
@@ -218,11 +220,9 @@ bool MemoryTable::for_each_piece(std::uint64_t gpa, std::uint64_t len, std::uint
                                  Fn&& fn) const noexcept {
   if (gpa + len < gpa) return false;
   // Fast path: the whole range inside the last-hit region (every buffer of a one-region guest).
-  if (hint < spans_.size()) {
-    const GpaSpan& span = spans_[hint];
-    const std::uint64_t offset = gpa - span.start;  // huge (wrapped) below the start
-    if (len != 0 && offset < span.size && len <= span.size - offset) {
-      fn(span.host + offset, gpa, len);
+  if (len != 0) {
+    if (std::uint8_t* host = translate_hinted(gpa, len, hint)) {
+      fn(host, gpa, len);
       return true;
     }
   }
@@ -266,16 +266,20 @@ inline int MemoryTable::find_gpa(std::uint64_t gpa, std::uint32_t& hint) const n
   return static_cast<int>(lo - 1);
 }
 
+inline std::uint8_t* MemoryTable::translate_hinted(std::uint64_t gpa, std::uint64_t len,
+                                                   std::uint32_t hint) const noexcept {
+  // The offset wraps to a huge value below the region's start; within the region, start + size
+  // does not overflow (MappedRegion::map checked), so neither does gpa + len.
+  if (VHOSTD_UNLIKELY(hint >= spans_.size())) return nullptr;
+  const GpaSpan& span = spans_[hint];
+  const std::uint64_t offset = gpa - span.start;
+  return VHOSTD_LIKELY(offset < span.size && len <= span.size - offset) ? span.host + offset : nullptr;
+}
+
 inline std::uint8_t* MemoryTable::translate_gpa(std::uint64_t gpa, std::uint64_t len,
                                                 std::uint32_t& hint) const noexcept {
-  // The hinted region holds the whole range (every buffer of a one-region guest). The offset
-  // wraps to a huge value below the region's start; within it, start + size does not overflow
-  // (MappedRegion::map checked), so neither does gpa + len.
-  if (VHOSTD_LIKELY(hint < spans_.size())) {
-    const GpaSpan& span = spans_[hint];
-    const std::uint64_t offset = gpa - span.start;
-    if (VHOSTD_LIKELY(offset < span.size && len <= span.size - offset)) return span.host + offset;
-  }
+  // The hinted region holds the whole range: every buffer of a one-region guest.
+  if (std::uint8_t* host = translate_hinted(gpa, len, hint); VHOSTD_LIKELY(host != nullptr)) return host;
   return translate_gpa_search(gpa, len, hint);
 }
 

@@ -315,7 +315,15 @@ class PackedQueue {
   // DeferredCalls::SignalFn: the held call's time has come.
   static void make_held_call(void* queue) noexcept;
   bool fail(RingError error) noexcept;
-  void finish_pop(std::uint16_t id, std::uint32_t slots, bool writable) noexcept;
+  // Records a chain taken from the ring as outstanding (for push_used(), rewind() and IN_ORDER
+  // runs): buffer id, slots, the position it starts at, whether it has a writable descriptor.
+  void record_outstanding(std::uint16_t id, std::uint32_t slots, std::uint32_t start, bool writable) noexcept;
+  // A chain of `slots` slots with buffer id `id` taken at the avail position: recorded as
+  // outstanding and the position moved past it.
+  void take_chain(std::uint16_t id, std::uint32_t slots, bool writable) noexcept;
+  // After take_chain() for n chains: counts them and tells the driver the new avail position
+  // (EVENT_IDX).
+  void chains_taken(std::uint32_t n) noexcept;
   // The next kLineBatch descriptors as peek_fill_batch() and pop_batch() take them: true when
   // they fill one line and each is available, single, inside guest memory, with a distinct id
   // that is below the size and not outstanding, and has WRITE as `write_flag` (kVringDescFWrite
