@@ -242,7 +242,17 @@ void Forwarder::send(NetPort& dest, std::uint16_t pair, Packet* const* packets, 
 void Forwarder::on_guest_tx(NetPort& port, std::uint16_t pair) noexcept {
   LcoreContext& ctx = context();
   PacketBurst& burst = ctx.packets;
-  const std::uint16_t n = port.receive(pair, burst);
+  std::uint16_t budget = burst.capacity();
+  if (options_.mode == FwdMode::io) {
+    // Whole lines of plain packets go straight from ring to ring (packed rings); receive() takes
+    // what is left of the burst.
+    NetPort& dest = *ports_[io_peer(index_of(port))];
+    if (pair < dest.config().queue_pairs) {
+      budget = static_cast<std::uint16_t>(budget - port.forward_lines(pair, dest, pair, budget));
+      if (budget == 0) return;
+    }
+  }
+  const std::uint16_t n = port.receive(pair, burst, budget);
   if (n != 0) {
     switch (options_.mode) {
       case FwdMode::rxonly:

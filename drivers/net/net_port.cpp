@@ -69,20 +69,27 @@ bool in_one_segment(const Packet& packet) noexcept {
 }
 
 // Writes a whole packet into one RX buffer that holds it: the header (only where it differs),
-// the Ethernet header from the packet, the rest of the frame from its one source segment.
-void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHeader& header, std::uint32_t header_len,
-                const MemoryTable& table) noexcept {
+// the Ethernet header from `eth`, the rest of the frame (len - kEthHeaderLen bytes) from `rest`.
+void write_whole(const ChainSegment& dst, const VirtioNetHeader& header, std::uint32_t header_len,
+                 const std::uint8_t* eth, const std::uint8_t* rest, std::uint32_t len, const MemoryTable& table) noexcept {
   std::uint8_t* out = dst.host;
   if (header_len == kNetHeaderLen) {
     write_unless_equal<kNetHeaderLen>(out, &header);
   } else {
     write_unless_equal<kNetLegacyHeaderLen>(out, &header);
   }
+  std::memcpy(out + header_len, eth, kEthHeaderLen);
+  std::memcpy(out + header_len + kEthHeaderLen, rest, len - kEthHeaderLen);
+  table.mark_dirty(dst.gpa, header_len + len);
+}
+
+// write_whole() for a received packet: its Ethernet header from the packet's copy, the rest
+// from its one source segment.
+void copy_whole(const ChainSegment& dst, const Packet& packet, const VirtioNetHeader& header, std::uint32_t header_len,
+                const MemoryTable& table) noexcept {
   const ChainSegment& src = packet.chain->segments[packet.data_segment];
-  std::memcpy(out + header_len, packet.eth.data(), kEthHeaderLen);
-  std::memcpy(out + header_len + kEthHeaderLen, src.host + packet.data_offset + kEthHeaderLen,
-              packet.len - kEthHeaderLen);
-  table.mark_dirty(dst.gpa, header_len + packet.len);
+  write_whole(dst, header, header_len, packet.eth.data(), src.host + packet.data_offset + kEthHeaderLen, packet.len,
+              table);
 }
 
 // Whether packets[0..n) take the plain copy into one buffer each: no offload metadata, the
@@ -101,8 +108,9 @@ bool plain_packets(Packet* const* packets, std::uint32_t n) noexcept {
 template <typename LineBatch>
 void prefetch_line_buffers(const LineBatch& batch, std::uint32_t header_len, std::uint32_t frame_bytes) noexcept {
   for (const ChainSegment& buffer : batch.buffers) {
-    const std::uint32_t read = std::min(header_len, buffer.len);
-    prefetch_bytes_read_then_write(buffer.host, read, std::min(frame_bytes, buffer.len - read));
+    // read_line() only gives buffers of a byte or more.
+    const std::uint32_t read = std::min(header_len, buffer.len - 1);
+    prefetch_packet_read_then_write(buffer.host, read, std::min(frame_bytes, buffer.len - read));
   }
 }
 
@@ -158,6 +166,33 @@ std::uint32_t transmit_lines(Queue& queue, Packet* const* packets, std::uint32_t
     current ^= 1;
   }
   return done;
+}
+
+// forward_lines(): the frame bytes of each buffer of a guest TX line (header_len less than the
+// buffer), or false when one of them is not plain: shorter than a header and an Ethernet
+// header, or a header with any flag or GSO type (receive() validates those).
+template <typename LineBatch>
+bool plain_tx_line(const LineBatch& line, std::uint32_t header_len, std::array<std::uint32_t, 4>& frame_len) noexcept {
+  static_assert(std::tuple_size_v<decltype(line.buffers)> == 4);
+  bool plain = true;
+  for (std::uint32_t k = 0; k < 4; ++k) {
+    const ChainSegment& buffer = line.buffers[k];
+    // flags and gso_type, the header's first two bytes (one read: the guest may change them).
+    std::uint16_t offload;
+    std::memcpy(&offload, buffer.host, sizeof offload);
+    plain &= buffer.len >= header_len + kEthHeaderLen && offload == 0;
+    frame_len[k] = buffer.len - header_len;
+  }
+  return plain;
+}
+
+// Asks for the lines of a guest TX line's buffers that forward_lines() reads: the header and up
+// to kPacketPrefetchBytes of the frame.
+template <typename LineBatch>
+void prefetch_tx_line(const LineBatch& line, std::uint32_t header_len) noexcept {
+  for (const ChainSegment& buffer : line.buffers) {
+    prefetch_packet(buffer.host, std::min(buffer.len, header_len + kPacketPrefetchBytes));
+  }
 }
 
 // A read position in a chain's readable segments.
@@ -505,16 +540,18 @@ void NetPort::handle_queue(std::uint16_t index, VringState& ring) noexcept {
   }
 }
 
-std::uint16_t NetPort::receive(std::uint16_t pair, PacketBurst& burst) noexcept {
+std::uint16_t NetPort::receive(std::uint16_t pair, PacketBurst& burst, std::uint16_t max) noexcept {
   burst.num_packets_ = 0;
   burst.num_heads_ = 0;
   VringState* state = ring(tx_ring(pair));
   if (VHOSTD_UNLIKELY(state == nullptr)) return 0;
-  return state->visit([&](auto& queue) noexcept { return receive_from(queue, pair, burst); });
+  return state->visit([&](auto& queue) noexcept {
+    return receive_from(queue, pair, burst, std::min(max, burst.capacity_));
+  });
 }
 
 template <DataPathQueue Queue>
-std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst) noexcept {
+std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst, std::uint16_t max) noexcept {
   // The runtime's poll() ran just before on_guest_tx(): use what it saw, and read the avail
   // index again only when that is used up (or receive() is called on its own).
   if (queue.poll_cached() == 0 && queue.poll() == 0) return 0;
@@ -532,11 +569,11 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
       prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
     }
   };
-  while (burst.num_heads_ < burst.capacity_) {
+  while (burst.num_heads_ < max) {
     if constexpr (Queue::kLineBatch != 0) {
       // A ring line of single-descriptor chains at once (PackedQueue::pop_batch); anything else
       // goes through pop() below.
-      if (static_cast<std::uint32_t>(burst.capacity_ - burst.num_heads_) >= Queue::kLineBatch &&
+      if (static_cast<std::uint32_t>(max - burst.num_heads_) >= Queue::kLineBatch &&
           queue.pop_batch(&burst.chains_[burst.num_heads_])) {
         for (std::uint32_t k = 0; k < Queue::kLineBatch; ++k) took(burst.chains_[burst.num_heads_]);
         continue;
@@ -601,6 +638,91 @@ void NetPort::release(std::uint16_t pair, PacketBurst& burst) noexcept {
   });
   burst.num_heads_ = 0;
   burst.num_packets_ = 0;
+}
+
+std::uint16_t NetPort::forward_lines(std::uint16_t pair, NetPort& dest, std::uint16_t dest_pair,
+                                     std::uint16_t max) noexcept {
+  VringState* from = ring(tx_ring(pair));
+  VringState* to = dest.ring(rx_ring(dest_pair));
+  if (VHOSTD_UNLIKELY(from == nullptr || to == nullptr)) return 0;
+  // An announcement for the receiver goes first, with transmit().
+  if (VHOSTD_UNLIKELY(dest_pair == 0 && (dest.announce_mac_.load(std::memory_order_relaxed) >> 48) != 0)) return 0;
+  return from->visit([&](auto& tx_queue) noexcept {
+    return to->visit([&](auto& rx_queue) noexcept {
+      return forward_lines_between(tx_queue, pair, dest, rx_queue, dest_pair, max);
+    });
+  });
+}
+
+template <DataPathQueue TxQueue, DataPathQueue RxQueue>
+std::uint16_t NetPort::forward_lines_between(TxQueue& from, std::uint16_t pair, NetPort& dest, RxQueue& to,
+                                             std::uint16_t dest_pair, std::uint16_t max) noexcept {
+  if constexpr (TxQueue::kLineBatch == 0 || RxQueue::kLineBatch == 0) {
+    return 0;  // no lines on one side (split rings)
+  } else {
+    constexpr std::uint32_t kLine = TxQueue::kLineBatch;
+    static_assert(RxQueue::kLineBatch == kLine && kLine == 4, "plain_tx_line() reads lines of four");
+    // poll_cached() picks up each side's current memory table; a line each side or nothing.
+    if (max < kLine || from.poll_cached() == 0 || (to.poll_cached() == 0 && to.idle())) return 0;
+    const std::uint32_t tx_header_len = header_len_for(acked_features_.load(std::memory_order_relaxed));
+    const std::uint32_t rx_header_len = header_len_for(dest.acked_features_.load(std::memory_order_relaxed));
+    const MemoryTable& rx_table = *to.table();
+    VirtioNetHeader header{};  // no offload; one buffer per packet
+    header.num_buffers = 1;
+    std::array<typename TxQueue::LineBatch, 2> tx_lines;
+    std::array<typename RxQueue::LineBatch, 2> rx_lines;
+    std::array<std::uint16_t, kMaxBurst> taken;  // the sender's buffer ids, given back at the end
+    std::uint32_t current = 0, done = 0;
+    std::uint64_t bytes = 0;
+    if (!from.peek_batch(tx_lines[0]) || !to.peek_fill_batch(rx_lines[0])) return 0;
+    prefetch_tx_line(tx_lines[0], tx_header_len);
+    prefetch_line_buffers(rx_lines[0], rx_header_len, kPacketPrefetchBytes);
+    for (;;) {
+      // Both next lines are read one ahead, their buffers asked for while this line is copied
+      // (transmit_lines() does the same on the receiving side).
+      const unsigned next = current ^ 1;
+      const bool ahead = max - done >= 2 * kLine && from.peek_batch(tx_lines[next], true) &&
+                         to.peek_fill_batch(rx_lines[next], true);
+      if (ahead) {
+        prefetch_tx_line(tx_lines[next], tx_header_len);
+        prefetch_line_buffers(rx_lines[next], rx_header_len, kPacketPrefetchBytes);
+      }
+      const auto& tx_line = tx_lines[current];
+      const auto& rx_line = rx_lines[current];
+      // Every packet of the line checked before any is written: a line is forwarded whole or
+      // left whole.
+      std::array<std::uint32_t, kLine> frame_len, written;
+      if (!plain_tx_line(tx_line, tx_header_len, frame_len)) break;
+      bool fits = true;
+      for (std::uint32_t k = 0; k < kLine; ++k) {
+        written[k] = rx_header_len + frame_len[k];
+        fits &= rx_line.buffers[k].len >= written[k];
+      }
+      if (!fits) break;
+      for (std::uint32_t k = 0; k < kLine; ++k) {
+        const std::uint8_t* frame = tx_line.buffers[k].host + tx_header_len;
+        write_whole(rx_line.buffers[k], header, rx_header_len, frame, frame + kEthHeaderLen, frame_len[k], rx_table);
+        bytes += frame_len[k];
+        taken[done + k] = tx_line.ids[k];
+      }
+      to.commit_fill_batch(rx_line, written);
+      from.take_batch(tx_line);  // the line at the avail position: read for it, nothing taken since
+      done += kLine;
+      if (!ahead) break;
+      current = next;
+    }
+    if (done == 0) return 0;
+    to.flush_used();
+    to.notify();
+    from.push_used_burst(taken.data(), done, 0);
+    from.flush_used();
+    from.notify();
+    add_single_writer(stats_[pair].rx.packets, done);
+    add_single_writer(stats_[pair].rx.bytes, bytes);
+    add_single_writer(dest.stats_[dest_pair].tx.packets, done);
+    add_single_writer(dest.stats_[dest_pair].tx.bytes, bytes);
+    return static_cast<std::uint16_t>(done);
+  }
 }
 
 void NetPort::drop(std::uint16_t pair, std::uint64_t n) noexcept {

@@ -371,18 +371,27 @@ bool PackedQueue::peek_fill_batch(LineBatch& batch, bool next_line) noexcept {
   return write_mask_ != 0 && read_line(batch, kVringDescFWrite, next_line ? kLineBatch : 0);
 }
 
-bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
-  LineBatch line;
-  if (!read_line(line, 0, 0)) return false;
+bool PackedQueue::peek_batch(LineBatch& batch, bool next_line) noexcept {
+  return read_line(batch, 0, next_line ? kLineBatch : 0);
+}
+
+bool PackedQueue::take_batch(const LineBatch& batch) noexcept {
+  if (VHOSTD_UNLIKELY(error_ != RingError::none || batch.pos != avail_pos_)) return false;
   for (std::uint32_t k = 0; k < kLineBatch; ++k) {
-    set_single_buffer(chains[k], line.buffers[k], line.ids[k], false);
-    record_outstanding(line.ids[k], 1, line.pos + k, false);  // the line lies in one lap
+    record_outstanding(batch.ids[k], 1, batch.pos + k, false);  // the line lies in one lap
   }
   // take_chain()'s position updates, once for the line.
   rewindable_ = std::min(rewindable_ + kLineBatch, size_);
   avail_pos_ = advance(avail_pos_, kLineBatch);
   avail_counted_ = avail_counted_ > kLineBatch ? avail_counted_ - kLineBatch : 0;
   chains_taken(kLineBatch);
+  return true;
+}
+
+bool PackedQueue::pop_batch(DescriptorChain* chains) noexcept {
+  LineBatch line;
+  if (!peek_batch(line) || !take_batch(line)) return false;
+  for (std::uint32_t k = 0; k < kLineBatch; ++k) set_single_buffer(chains[k], line.buffers[k], line.ids[k], false);
   return true;
 }
 

@@ -6,6 +6,8 @@
 //   - The batched pop (PackedQueue::pop_batch): readable chains popped as pop() pops them, each
 //     used like any popped chain (and, with IN_ORDER, a run of them as one used descriptor);
 //     the same refusals; rewind.
+//   - The same pop in two steps (PackedQueue::peek_batch / take_batch): a peek takes nothing,
+//     the line read ahead is taken after the first, a stale batch is not taken.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -544,6 +546,77 @@ TEST(PackedPopBatch, InOrderPublishesARunOfBatchesAsOneUsedDescriptor) {
     EXPECT_FALSE(h.ring->has_used());
   }
   EXPECT_EQ(h.queue.in_flight(), 0u);
+}
+
+// ---- the batched pop in two steps ----
+
+TEST(PackedPeekBatch, APeekTakesNothingAndTheTakeIsPopBatchs) {
+  PackedHarness h(16);
+  const auto ids = add_readable(h, 8, 76);
+  ASSERT_EQ(h.queue.poll(), 8);
+  const QueueState before = state_of(h.queue);
+  PackedQueue::LineBatch first, ahead;
+  ASSERT_TRUE(h.queue.peek_batch(first));
+  ASSERT_TRUE(h.queue.peek_batch(ahead, true));
+  EXPECT_EQ(state_of(h.queue), before) << "peeking took something";
+  EXPECT_EQ(first.pos, 0u);
+  EXPECT_EQ(ahead.pos, 4u);
+  for (std::uint32_t k = 0; k < kBatch; ++k) {
+    EXPECT_EQ(first.ids[k], ids[k]);
+    EXPECT_EQ(ahead.ids[k], ids[kBatch + k]);
+    EXPECT_EQ(first.buffers[k].len, 76u);
+    EXPECT_EQ(first.buffers[k].host, h.queue.table()->translate_gpa(first.buffers[k].gpa, 76));
+  }
+  EXPECT_FALSE(h.queue.take_batch(ahead)) << "the line ahead is taken only after the first";
+  EXPECT_EQ(state_of(h.queue), before);
+  ASSERT_TRUE(h.queue.take_batch(first));
+  EXPECT_FALSE(h.queue.take_batch(first)) << "a batch is taken once";
+  ASSERT_TRUE(h.queue.take_batch(ahead));
+  EXPECT_EQ(h.queue.avail_idx(), 8);
+  EXPECT_EQ(h.queue.in_flight(), 8u);
+  EXPECT_EQ(h.queue.stats().requests.load(), 8u);
+  // Taken chains are outstanding: the same ids are refused until used, then pushed like any.
+  for (std::uint32_t k = 0; k < 2 * kBatch; ++k) h.queue.push_used(ids[k], 0);
+  h.queue.flush_used();
+  for (std::uint32_t k = 0; k < 2 * kBatch; ++k) {
+    const auto used = h.ring->pop_used();
+    ASSERT_TRUE(used.has_value()) << k;
+    EXPECT_TRUE(used->known);
+    EXPECT_EQ(used->id, ids[k]);
+  }
+  EXPECT_FALSE(h.queue.in_error());
+  EXPECT_EQ(h.queue.in_flight(), 0u);
+}
+
+TEST(PackedPeekBatch, RefusesWritableBuffersHostileIdsAndABatchMadeStaleByPop) {
+  {
+    PackedHarness h(16);
+    add_buffers(h, 4);  // WRITE set: an RX refill, not a TX line
+    h.queue.poll();
+    PackedQueue::LineBatch line;
+    EXPECT_FALSE(h.queue.peek_batch(line));
+  }
+  {
+    PackedHarness h(16);
+    add_readable(h, 4);
+    h.ring->desc(2).id = 16;  // an id equal to the size
+    h.queue.poll();
+    PackedQueue::LineBatch line;
+    EXPECT_FALSE(h.queue.peek_batch(line));
+    EXPECT_FALSE(h.queue.in_error()) << "refusing is not judging";
+  }
+  {
+    PackedHarness h(16);
+    add_readable(h, 8);
+    ASSERT_EQ(h.queue.poll(), 8);
+    PackedQueue::LineBatch line;
+    ASSERT_TRUE(h.queue.peek_batch(line));
+    DescriptorChain chain;
+    ASSERT_TRUE(h.queue.pop(chain));
+    const QueueState before = state_of(h.queue);
+    EXPECT_FALSE(h.queue.take_batch(line)) << "pop() moved the position";
+    EXPECT_EQ(state_of(h.queue), before);
+  }
 }
 
 }  // namespace

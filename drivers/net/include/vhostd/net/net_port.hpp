@@ -151,7 +151,8 @@ class NetPort : public Backend {
   // ---- data path ----
   // Pops up to burst.capacity() packets from the guest TX ring of `pair` into `burst` (emptied
   // first); invalid ones are counted (rx.errors) and only given back. Returns burst.size().
-  std::uint16_t receive(std::uint16_t pair, PacketBurst& burst) noexcept;
+  // `max` caps the packets popped below burst.capacity().
+  std::uint16_t receive(std::uint16_t pair, PacketBurst& burst, std::uint16_t max = kMaxBurst) noexcept;
   // Gives every chain of `burst` back to the guest (used, length 0) and signals it if due.
   void release(std::uint16_t pair, PacketBurst& burst) noexcept;
   // Copies packets[0..n) into the guest RX ring of `pair`, in order. Returns how many it
@@ -161,6 +162,16 @@ class NetPort : public Backend {
   // the caller retries or drops them (drop()).
   std::uint16_t transmit(std::uint16_t pair, Packet* const* packets, std::uint16_t n) noexcept;
   void drop(std::uint16_t pair, std::uint64_t n) noexcept;
+  // receive() + transmit() + release() in one pass for whole ring lines of plain packets (no
+  // offload metadata, each frame in one buffer that the receiver's buffer holds): from the guest
+  // TX ring of `pair` straight into the guest RX ring of `dest_pair` of `dest`, up to `max`
+  // packets, each copied once from the sender's buffer to the receiver's with no Packet in
+  // between, the sender's chains given back. Lines on both sides (PackedQueue::peek_batch and
+  // peek_fill_batch: packed rings); it stops before the first line that is not plain or does
+  // not fit, and leaves it and the rest in the TX ring for receive(). Returns how many packets
+  // it forwarded: a multiple of the line, 0 where a ring has no lines (split) or the receiver
+  // has an announcement waiting (transmit() sends it). Counted as receive()/transmit() count.
+  std::uint16_t forward_lines(std::uint16_t pair, NetPort& dest, std::uint16_t dest_pair, std::uint16_t max) noexcept;
   // Free buffers in the guest RX ring of `pair` (0 when it is not running).
   std::uint16_t rx_room(std::uint16_t pair) noexcept;
 
@@ -198,12 +209,15 @@ class NetPort : public Backend {
  private:
   // The data path, once per ring layout (Queue: SplitQueue or PackedQueue).
   template <DataPathQueue Queue>
-  std::uint16_t receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst) noexcept;
+  std::uint16_t receive_from(Queue& queue, std::uint16_t pair, PacketBurst& burst, std::uint16_t max) noexcept;
   template <DataPathQueue Queue>
   std::uint16_t transmit_into(Queue& queue, std::uint16_t pair, Packet* const* packets, std::uint16_t n) noexcept;
   template <bool kMergeable, DataPathQueue Queue>
   std::uint16_t transmit_burst(Queue& queue, std::uint16_t pair, Packet* const* packets, std::uint16_t n,
                                std::uint32_t header_len, std::uint64_t features) noexcept;
+  template <DataPathQueue TxQueue, DataPathQueue RxQueue>
+  std::uint16_t forward_lines_between(TxQueue& from, std::uint16_t pair, NetPort& dest, RxQueue& to,
+                                      std::uint16_t dest_pair, std::uint16_t max) noexcept;
   template <DataPathQueue Queue>
   void inject_announcement(Queue& queue, std::uint16_t pair, std::uint32_t header_len, std::uint64_t features,
                            bool mergeable) noexcept;

@@ -103,6 +103,26 @@ inline void prefetch_bytes_read_then_write(const void* p, std::size_t read_len, 
 // For reading only.
 inline void prefetch_bytes(const void* p, std::size_t len) noexcept { prefetch_bytes_read_then_write(p, len, 0); }
 
+// The same two for the data path's short spans, with no loop: the lines of the first and the
+// last byte (every line of a span of up to 65 bytes, which any span of two lines is; the middle
+// line of a longer one is left out). prefetch_packet_read_then_write(): `read_len` bytes (at
+// most a line) compared, then write_len > 0 bytes written, as prefetch_bytes_read_then_write().
+inline void prefetch_packet(const void* p, std::size_t len) noexcept {
+  const char* c = static_cast<const char*>(p);
+  __builtin_prefetch(c, 0, 3);
+  __builtin_prefetch(c + len - 1, 0, 3);
+}
+inline void prefetch_packet_read_then_write(const void* p, std::size_t read_len, std::size_t write_len) noexcept {
+  const char* c = static_cast<const char*>(p);
+  const char* written = c + read_len;
+  // The compared bytes' line for reading, unless it holds written bytes too.
+  if (((reinterpret_cast<std::uintptr_t>(c) ^ reinterpret_cast<std::uintptr_t>(written)) & ~(kCacheLine - 1)) != 0) {
+    __builtin_prefetch(c, 0, 3);
+  }
+  detail::prefetch_line_for_write(written);
+  detail::prefetch_line_for_write(written + write_len - 1);
+}
+
 // Adds n to a counter that only the calling thread writes: a relaxed load and store, no locked
 // instruction; other threads read whole values at any time (stats).
 inline void add_single_writer(std::atomic<std::uint64_t>& counter, std::uint64_t n) noexcept {

@@ -188,6 +188,13 @@ class PackedQueue {
   // pushed as used like any popped chain. False takes nothing: pop() then takes them one by
   // one and judges them.
   bool pop_batch(DescriptorChain* chains) noexcept;
+  // pop_batch() in two steps, for a device that uses the buffers straight from the line (the
+  // net device's line forward): peek_batch() reads the line as pop_batch() would pop it and
+  // takes nothing (`next_line` as for peek_fill_batch()); take_batch() then takes the chains of
+  // a batch read for the line at the current avail position, each outstanding until pushed as
+  // used like any popped chain. A batch for another position is not taken (false).
+  bool peek_batch(LineBatch& batch, bool next_line = false) noexcept;
+  bool take_batch(const LineBatch& batch) noexcept;
 
   std::uint32_t size() const noexcept { return size_; }
   bool event_idx() const noexcept { return event_idx_; }
