@@ -37,6 +37,18 @@ void expect_plain_header(const VirtioNetHeader& h, std::uint16_t num_buffers, co
   EXPECT_EQ(h.num_buffers, num_buffers) << what << " " << describe(h);
 }
 
+// Enables or disables the guest's TX ring of pair 0 and waits until the daemon has put it on
+// or taken it off the data path (a sender queues a whole round while it is off).
+void set_tx_ring_enabled(NetGuest& guest, Daemon& daemon, bool on) {
+  guest.frontend().set_vring_enable(NetGuest::tx(), on);
+  ASSERT_TRUE(wait_until([&] {
+    for (const RingReport& r : daemon.ring_reports()) {
+      if (r.index == NetGuest::tx()) return r.attached == on;
+    }
+    return false;
+  }));
+}
+
 // ---- 1. io mode: byte for byte, headers, chain shapes, counters ----
 
 TEST_P(NetTest, IoForwardsFramesByteForByteOverAnyChainShape) {
@@ -204,15 +216,7 @@ TEST_P(NetTest, RxBurstsGetEachHeaderAndFrameRightHoweverTheRingTakesThem) {
   start(FwdMode::io, 2);
   auto g0 = connect(0);
   auto g1 = connect(1);
-  auto set_tx_enabled = [&](bool on) {
-    g0->frontend().set_vring_enable(NetGuest::tx(), on);
-    ASSERT_TRUE(wait_until([&] {
-      for (const RingReport& r : daemon(0).ring_reports()) {
-        if (r.index == NetGuest::tx()) return r.attached == on;
-      }
-      return false;
-    }));
-  };
+  auto set_tx_enabled = [&](bool on) { set_tx_ring_enabled(*g0, daemon(0), on); };
   VirtioNetHeader stale{};
   stale.flags = net::kNetHdrFNeedsCsum;
   stale.csum_start = 34;
@@ -266,15 +270,7 @@ class NetLinesTest : public NetLayoutTest {
     auto g0 = connect(0, sender_options);
     auto g1 = connect(1, receiver_options);
     ASSERT_TRUE(g1->has(net::kNetFMrgRxbuf) && g1->has(net::kNetFGuestCsum));
-    auto set_tx_enabled = [&](bool on) {
-      g0->frontend().set_vring_enable(NetGuest::tx(), on);
-      ASSERT_TRUE(wait_until([&] {
-        for (const RingReport& r : daemon(0).ring_reports()) {
-          if (r.index == NetGuest::tx()) return r.attached == on;
-        }
-        return false;
-      }));
-    };
+    auto set_tx_enabled = [&](bool on) { set_tx_ring_enabled(*g0, daemon(0), on); };
     constexpr std::size_t kRound = 24;
     std::uint32_t seed = 11;
     std::uint64_t delivered = 0, bytes = 0, runts = 0;
