@@ -186,13 +186,15 @@ bool plain_tx_line(const LineBatch& line, std::uint32_t header_len, std::array<s
   return plain;
 }
 
-// Asks for the lines of a guest TX line's buffers that forward_lines() reads: the header and up
-// to kPacketPrefetchBytes of the frame.
+// Asks for the lines of a guest TX buffer that are read first: the header and up to
+// kPacketPrefetchBytes of the frame (receive() and forward_lines()).
+void prefetch_tx_buffer(const ChainSegment& buffer, std::uint32_t header_len) noexcept {
+  prefetch_packet(buffer.host, std::min(buffer.len, header_len + kPacketPrefetchBytes));
+}
+
 template <typename LineBatch>
 void prefetch_tx_line(const LineBatch& line, std::uint32_t header_len) noexcept {
-  for (const ChainSegment& buffer : line.buffers) {
-    prefetch_packet(buffer.host, std::min(buffer.len, header_len + kPacketPrefetchBytes));
-  }
+  for (const ChainSegment& buffer : line.buffers) prefetch_tx_buffer(buffer, header_len);
 }
 
 // A read position in a chain's readable segments.
@@ -565,9 +567,7 @@ std::uint16_t NetPort::receive_from(Queue& queue, std::uint16_t pair, PacketBurs
   // series, prefetched here they overlap.
   auto took = [&](const DescriptorChain& chain) noexcept {
     burst.heads_[burst.num_heads_++] = chain.head;
-    if (VHOSTD_LIKELY(chain.num_readable != 0)) {
-      prefetch_bytes(chain.segments[0].host, std::min(chain.segments[0].len, header_len + kPacketPrefetchBytes));
-    }
+    if (VHOSTD_LIKELY(chain.num_readable != 0)) prefetch_tx_buffer(chain.segments[0], header_len);
   };
   while (burst.num_heads_ < max) {
     if constexpr (Queue::kLineBatch != 0) {
@@ -712,8 +712,7 @@ std::uint16_t NetPort::forward_lines_between(TxQueue& from, std::uint16_t pair, 
       current = next;
     }
     if (done == 0) return 0;
-    to.flush_used();
-    to.notify();
+    to.notify();  // commit_fill_batch() published every line (nothing is staged)
     from.push_used_burst(taken.data(), done, 0);
     from.flush_used();
     from.notify();
